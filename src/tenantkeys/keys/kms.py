@@ -1,0 +1,152 @@
+"""The providers a KeyService talks to: the configured one, plus any a stored row names.
+
+Every call goes through :class:`MeteredProvider`, which times and counts it by provider,
+operation and outcome (the numbers behind the KMS metrics and the cost estimate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from tenantkeys.errors import ConfigurationError, ErrorCode, TenantKeysError
+from tenantkeys.providers import Context, DataKey, KeyDescription, KmsProvider, create_provider
+
+T = TypeVar("T")
+#: Called after every KMS call with (provider, operation, outcome, seconds).
+CallObserver = Callable[[str, str, str, float], None]
+
+
+class MeteredProvider(KmsProvider):
+    """Wraps a provider: counts and times every call; the counts are what tests assert on."""
+
+    def __init__(self, inner: KmsProvider, observers: list[CallObserver] | None = None) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc]
+        self.calls: Counter[str] = Counter()
+        self._observers = observers if observers is not None else []
+        self._lock = threading.Lock()
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        outcome = "success"
+        try:
+            return fn()
+        except TenantKeysError as exc:
+            outcome = _outcome(exc)
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.calls[operation] += 1
+            for observe in self._observers:
+                observe(self.name, operation, outcome, elapsed)
+
+    def encrypt(self, plaintext: bytes, context: Context) -> bytes:
+        return self._call("encrypt", lambda: self.inner.encrypt(plaintext, context))
+
+    def decrypt(self, ciphertext: bytes, context: Context) -> bytearray:
+        return self._call("decrypt", lambda: self.inner.decrypt(ciphertext, context))
+
+    def generate_data_key(self, context: Context) -> DataKey:
+        return self._call("generate_data_key", lambda: self.inner.generate_data_key(context))
+
+    def describe(self) -> KeyDescription:
+        return self._call("describe", self.inner.describe)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def total_calls(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+
+def _outcome(exc: TenantKeysError) -> str:
+    if exc.retryable:
+        return "transient"
+    if isinstance(exc, ConfigurationError):
+        return "config"
+    return "rejected"
+
+
+class ProviderSet:
+    """Builds providers by name on first use, from a factory of options per name.
+
+    ``current`` wraps new keys. A stored row may name another provider (during a rewrap, or
+    after a migration): it is built from its own settings, never replaced by another one.
+    """
+
+    def __init__(
+        self,
+        current: str,
+        options_for: Callable[[str], Mapping[str, Any]],
+        observers: list[CallObserver] | None = None,
+        guard: Callable[[KmsProvider], KmsProvider] | None = None,
+    ) -> None:
+        self.current_name = current
+        self._options_for = options_for
+        self._observers = observers if observers is not None else []
+        #: Wraps each raw provider before metering (the circuit breaker, in workers).
+        self._guard = guard
+        self._providers: dict[str, MeteredProvider] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, *providers: KmsProvider) -> ProviderSet:
+        """A set of ready-made providers; the first is current (tests, tools)."""
+        made = cls(providers[0].name, _no_options)
+        for provider in providers:
+            made.add(provider)
+        return made
+
+    def add(self, provider: KmsProvider) -> MeteredProvider:
+        if isinstance(provider, MeteredProvider):
+            metered = provider
+        else:
+            guarded = self._guard(provider) if self._guard is not None else provider
+            metered = MeteredProvider(guarded, self._observers)
+        with self._lock:
+            self._providers[provider.name] = metered
+        return metered
+
+    @property
+    def current(self) -> MeteredProvider:
+        return self.get(self.current_name)
+
+    def get(self, name: str) -> MeteredProvider:
+        with self._lock:
+            found = self._providers.get(name)
+        if found is not None:
+            return found
+        provider = create_provider(name, self._options_for(name))
+        return self.add(provider)
+
+    def total_calls(self) -> int:
+        with self._lock:
+            return sum(p.total_calls for p in self._providers.values())
+
+    def close(self) -> None:
+        with self._lock:
+            providers = list(self._providers.values())
+            self._providers.clear()
+        for provider in providers:
+            provider.close()
+
+
+def _no_options(name: str) -> Mapping[str, Any]:
+    raise ConfigurationError(
+        f"a stored key names provider {name!r}, which is not configured",
+        code=ErrorCode.CONFIG_MISSING_SETTING,
+    )

@@ -1,0 +1,441 @@
+"""KeyService: create, find, use, rotate and revoke a tenant's keys.
+
+Lookups go L1 (unwrapped, in process) -> L2 (wrapped, Redis) -> KeyStore, then one KMS unwrap.
+Every public method validates the tenant id first. Nothing here imports Celery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import rfc8785
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tenantkeys import signing
+from tenantkeys.errors import (
+    ErrorCode,
+    IntegrityError,
+    InvalidRequest,
+    KeyNotFound,
+    KeyRevoked,
+    VerificationError,
+)
+from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.envelope import Sealed, open_sealed, seal
+from tenantkeys.keys.kms import ProviderSet
+from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
+from tenantkeys.keys.store import KeyStore
+from tenantkeys.providers import canonical_context
+
+log = logging.getLogger(__name__)
+
+ENCRYPTION_ALGORITHM = "A256GCM"
+_AES_KEY_BYTES = 32
+_DATA_MAGIC = b"TKD1"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class UnlockedKey:
+    """A key version with its secret opened. ``repr`` shows the kid only."""
+
+    version: KeyVersion
+    material: signing.KeyMaterial | None = field(default=None, repr=False)
+    secret: bytes | None = field(default=None, repr=False)  # AES key of an encryption version
+
+    def __repr__(self) -> str:
+        v = self.version
+        return f"UnlockedKey(tenant_id={v.tenant_id!r}, purpose={v.purpose.value!r}, kid={v.kid!r})"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The result of a signing job; what ``tenantkeys sign`` prints."""
+
+    jws: str
+    kid: str
+    tenant_id: str
+    alg: str
+    payload_sha256: str
+    signed_at: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "jws": self.jws,
+            "kid": self.kid,
+            "tenant_id": self.tenant_id,
+            "alg": self.alg,
+            "payload_sha256": self.payload_sha256,
+            "signed_at": self.signed_at,
+        }
+
+
+@dataclass(frozen=True)
+class Verification:
+    tenant_id: str
+    kid: str
+    version: int
+    status: str
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    tenant_id: str
+    purpose: str
+    rotated: bool
+    old_version: int | None
+    new_version: int | None
+    reason: str = ""
+
+
+@dataclass
+class KeyServiceOptions:
+    """The settings a KeyService needs (a subset of :class:`tenantkeys.config.Settings`)."""
+
+    signing_algorithm: str = "EdDSA"
+    rotation_days: dict[str, int] = field(
+        default_factory=lambda: {"signing": 90, "encryption": 90}
+    )
+    max_payload_bytes: int = 1_048_576
+
+
+class KeyService:
+    """The one place where keys are created, unlocked, used, rotated and revoked."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        providers: ProviderSet,
+        l1: LocalKeyCache[UnlockedKey],
+        l2: WrappedKeyCache | None = None,
+        options: KeyServiceOptions | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.l1 = l1
+        self.l2 = l2
+        self.options = options or KeyServiceOptions()
+        self.clock = clock
+        self._listener = l2.subscribe(self.l1.invalidate) if l2 is not None else None
+
+    # -- payloads ------------------------------------------------------------------------
+
+    def check_payload(self, payload: object, *, canonical_json: bool = False) -> bytes:
+        """Validate size and type, and canonicalize JSON (RFC 8785) when asked."""
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise InvalidRequest("payload must be bytes", code=ErrorCode.INVALID_ARGUMENT)
+        data = bytes(payload)
+        limit = self.options.max_payload_bytes
+        if len(data) > limit:
+            raise InvalidRequest(
+                f"payload is {len(data)} bytes; the limit is {limit} "
+                "(TENANTKEYS_MAX_PAYLOAD_BYTES)",
+                code=ErrorCode.PAYLOAD_TOO_LARGE,
+            )
+        if canonical_json:
+            try:
+                data = rfc8785.dumps(json.loads(data))
+            except (ValueError, TypeError, rfc8785.CanonicalizationError) as exc:
+                raise InvalidRequest(
+                    f"payload is not JSON that RFC 8785 can canonicalize ({type(exc).__name__})",
+                    code=ErrorCode.INVALID_JSON,
+                ) from None
+        return data
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def create_keys(
+        self, tenant_id: str, purposes: Iterable[Purpose | str] = tuple(Purpose)
+    ) -> list[KeyVersion]:
+        """Create version 1 of each purpose the tenant lacks; return the active versions."""
+        validate_tenant_id(tenant_id)
+        wanted = [parse_purpose(p) for p in purposes]
+        result = []
+        for purpose in wanted:
+            existing = self.store.active(tenant_id, purpose)
+            if existing is None:
+                latest = self.store.versions(tenant_id, purpose)
+                version = self._new_version(tenant_id, purpose, latest[-1].version + 1 if latest else 1)
+                if not self.store.add_first([version]):
+                    log.info("concurrent create for a tenant; using the winner's key")
+                existing = self.store.active(tenant_id, purpose)
+                if existing is None:
+                    raise KeyNotFound(f"key creation for tenant {tenant_id!r} did not persist")
+            result.append(existing)
+        return result
+
+    def list_keys(self, tenant_id: str) -> list[KeyVersion]:
+        return self.store.versions(validate_tenant_id(tenant_id))
+
+    def active_key(self, tenant_id: str, purpose: Purpose) -> UnlockedKey:
+        """The unlocked active key: L1, else L2 or store plus one KMS unwrap."""
+        validate_tenant_id(tenant_id)
+        cache_key = (tenant_id, purpose.value, "active")
+        found = self.l1.get(cache_key)
+        if found is not None:
+            return found
+        l1_generation = self.l1.generation(tenant_id, purpose.value)
+        l2_generation = self.l2.generation(tenant_id, purpose.value) if self.l2 else None
+        version = self.l2.get_active(tenant_id, purpose) if self.l2 else None
+        if version is None:
+            version = self.store.active(tenant_id, purpose)
+            if version is None:
+                raise KeyNotFound(
+                    f"tenant {tenant_id!r} has no active {purpose.value} key; "
+                    f"create one with: tenantkeys keys create --tenant {tenant_id}"
+                )
+            if self.l2 is not None:
+                self.l2.put_active(version, l2_generation)
+        unlocked = self._unlock(version)
+        self.l1.put(cache_key, unlocked, scope=(tenant_id, purpose.value), generation=l1_generation)
+        return unlocked
+
+    def rotate(
+        self,
+        tenant_id: str,
+        purpose: Purpose | str,
+        *,
+        expected_version: int | None = None,
+        only_if_due: bool = False,
+    ) -> RotationResult:
+        """Make a new active version; the old one retires. Conditional, so never twice.
+
+        ``expected_version`` makes the rotation happen only if that version is still the
+        active one (what a sweep enqueues); ``only_if_due`` only if it is past rotate_after.
+        """
+        validate_tenant_id(tenant_id)
+        purpose = parse_purpose(purpose)
+        current = self.store.active(tenant_id, purpose)
+        if current is None:
+            raise KeyNotFound(f"tenant {tenant_id!r} has no active {purpose.value} key")
+        if expected_version is not None and current.version != expected_version:
+            return RotationResult(tenant_id, purpose.value, False, expected_version, current.version,
+                                  "already rotated")
+        if only_if_due and current.rotate_after > self.clock():
+            return RotationResult(tenant_id, purpose.value, False, current.version, None, "not due")
+        latest = self.store.versions(tenant_id, purpose)[-1].version
+        new = self._new_version(tenant_id, purpose, latest + 1)
+        if not self.store.rotate(current, new, self.clock()):
+            return RotationResult(tenant_id, purpose.value, False, current.version, None,
+                                  "rotated concurrently")
+        self._invalidate(tenant_id, purpose)
+        return RotationResult(tenant_id, purpose.value, True, current.version, new.version)
+
+    def revoke(self, tenant_id: str, kid: str) -> KeyVersion:
+        """Revoke a version: its signatures stop verifying. An active one is replaced at once."""
+        validate_tenant_id(tenant_id)
+        version = self.store.by_kid(tenant_id, _check_kid(kid))
+        if version is None:
+            raise KeyNotFound(f"tenant {tenant_id!r} has no key with kid {kid!r}",
+                              code=ErrorCode.UNKNOWN_KID)
+        if version.status is Status.REVOKED:
+            return version
+        replacement = None
+        if version.status is Status.ACTIVE:
+            latest = self.store.versions(tenant_id, version.purpose)[-1].version
+            replacement = self._new_version(tenant_id, version.purpose, latest + 1)
+        if not self.store.revoke(version, self.clock(), replacement):
+            return self.revoke(tenant_id, kid)  # it changed under us (rotated): revoke what it is now
+        self._invalidate(tenant_id, version.purpose)
+        revoked = self.store.by_kid(tenant_id, kid)
+        assert revoked is not None
+        return revoked
+
+    # -- signing -------------------------------------------------------------------------
+
+    def sign(
+        self, tenant_id: str, payload: bytes, *, canonical_json: bool = False, detached: bool = True
+    ) -> Signature:
+        """A JWS over ``payload`` with the tenant's active signing key."""
+        validate_tenant_id(tenant_id)
+        data = self.check_payload(payload, canonical_json=canonical_json)
+        key = self.active_key(tenant_id, Purpose.SIGNING)
+        assert key.material is not None
+        header = {"alg": key.version.algorithm, "kid": key.version.kid, signing.TENANT_HEADER: tenant_id}
+        jws = signing.sign_compact(key.material, header, data, detached=detached)
+        return Signature(
+            jws=jws,
+            kid=key.version.kid,
+            tenant_id=tenant_id,
+            alg=key.version.algorithm,
+            payload_sha256=hashlib.sha256(data).hexdigest(),
+            signed_at=self.clock().isoformat(timespec="milliseconds"),
+        )
+
+    def verify(
+        self, tenant_id: str, payload: bytes | None, jws: str, *, canonical_json: bool = False
+    ) -> Verification:
+        """Check ``jws`` against the tenant's active and retired keys; raise with the reason."""
+        validate_tenant_id(tenant_id)
+        parsed = signing.parse_compact(jws)
+        claimed = parsed.header.get(signing.TENANT_HEADER)
+        if claimed != tenant_id:
+            raise VerificationError(
+                f"JWS was issued for tenant {str(claimed)[:64]!r}, not {tenant_id!r}",
+                code=ErrorCode.TENANT_MISMATCH,
+            )
+        if payload is None:
+            if parsed.payload is None:
+                raise InvalidRequest("detached JWS: give the payload that was signed")
+            data = parsed.payload
+        else:
+            data = self.check_payload(payload, canonical_json=canonical_json)
+            if parsed.payload is not None and parsed.payload != data:
+                raise VerificationError("the JWS carries a different payload than the one given")
+        kid = parsed.header["kid"]
+        version = self.store.by_kid(tenant_id, kid[:128])
+        if version is None or version.purpose is not Purpose.SIGNING or version.public_key is None:
+            raise VerificationError(
+                f"kid {kid[:64]!r} is not a signing key of tenant {tenant_id!r}",
+                code=ErrorCode.UNKNOWN_KID,
+            )
+        if version.status is Status.REVOKED:
+            raise KeyRevoked(f"key {kid!r} of tenant {tenant_id!r} was revoked; signature refused")
+        signing.verify_parsed(parsed, data, version.algorithm, version.public_key)
+        return Verification(tenant_id, kid, version.version, version.status.value)
+
+    def jwks(self, tenant_id: str) -> dict[str, Any]:
+        """The tenant's JWKS: active and retired public keys; revoked kids listed apart."""
+        versions = self.store.versions(validate_tenant_id(tenant_id), Purpose.SIGNING)
+        return signing.jwks(
+            (v.algorithm, v.public_key, v.kid, v.status.value)
+            for v in reversed(versions)
+            if v.public_key is not None
+        )
+
+    # -- data encryption -----------------------------------------------------------------
+
+    def encrypt(self, tenant_id: str, plaintext: bytes, associated_data: bytes = b"") -> bytes:
+        """AES-256-GCM under the tenant's active encryption key, bound to ``associated_data``.
+
+        The output names the key's kid, so it still decrypts after rotations.
+        """
+        key = self.active_key(tenant_id, Purpose.ENCRYPTION)
+        assert key.secret is not None
+        nonce = os.urandom(12)
+        kid = key.version.kid.encode()
+        aad = _data_aad(tenant_id, key.version.kid, associated_data)
+        body = AESGCM(key.secret).encrypt(nonce, bytes(plaintext), aad)
+        return _DATA_MAGIC + bytes([len(kid)]) + kid + nonce + body
+
+    def decrypt(self, tenant_id: str, ciphertext: bytes, associated_data: bytes = b"") -> bytes:
+        """Reverse :meth:`encrypt` with the version that made it (active or retired)."""
+        validate_tenant_id(tenant_id)
+        try:
+            if not ciphertext.startswith(_DATA_MAGIC):
+                raise ValueError
+            size = ciphertext[len(_DATA_MAGIC)]
+            start = len(_DATA_MAGIC) + 1
+            kid = ciphertext[start : start + size].decode("ascii")
+            nonce = ciphertext[start + size : start + size + 12]
+            body = ciphertext[start + size + 12 :]
+        except (ValueError, IndexError, UnicodeDecodeError):
+            raise InvalidRequest("not a tenantkeys ciphertext", code=ErrorCode.INVALID_ENCODING) from None
+        key = self._key_by_kid(tenant_id, kid, Purpose.ENCRYPTION)
+        assert key.secret is not None
+        try:
+            return AESGCM(key.secret).decrypt(nonce, body, _data_aad(tenant_id, kid, associated_data))
+        except InvalidTag:
+            raise IntegrityError(
+                "ciphertext does not open: wrong tenant, wrong associated data, or tampered",
+                code=ErrorCode.DECRYPT_FAILED,
+            ) from None
+
+    def _key_by_kid(self, tenant_id: str, kid: str, purpose: Purpose) -> UnlockedKey:
+        cache_key = (tenant_id, purpose.value, "kid", kid)
+        found = self.l1.get(cache_key)
+        if found is not None:
+            return found
+        generation = self.l1.generation(tenant_id, purpose.value)
+        version = self.store.by_kid(tenant_id, _check_kid(kid))
+        if version is None or version.purpose is not purpose:
+            raise KeyNotFound(f"tenant {tenant_id!r} has no {purpose.value} key {kid!r}",
+                              code=ErrorCode.UNKNOWN_KID)
+        unlocked = self._unlock(version)
+        self.l1.put(cache_key, unlocked, scope=(tenant_id, purpose.value), generation=generation)
+        return unlocked
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _new_version(self, tenant_id: str, purpose: Purpose, number: int) -> KeyVersion:
+        """Generate a key, seal its secret bound to its context, and describe the new row."""
+        now = self.clock()
+        provider = self.providers.current
+        if purpose is Purpose.SIGNING:
+            material, secret = signing.generate(self.options.signing_algorithm)
+            kid, algorithm, public = material.kid, material.algorithm, material.public_bytes
+        else:
+            secret = bytearray(os.urandom(_AES_KEY_BYTES))
+            kid, algorithm, public = "enc-" + signing.b64url(os.urandom(16)), ENCRYPTION_ALGORITHM, None
+        draft = KeyVersion(
+            tenant_id=tenant_id,
+            purpose=purpose,
+            version=number,
+            kid=kid,
+            algorithm=algorithm,
+            status=Status.ACTIVE,
+            created_at=now,
+            rotate_after=now + timedelta(days=self.options.rotation_days[purpose.value]),
+            provider=provider.name,
+            provider_key_id=provider.key_id,
+            public_key=public,
+        )
+        try:
+            sealed = seal(secret, draft.context, provider)
+        finally:
+            secret[:] = bytes(len(secret))  # drop the plaintext as soon as it is sealed
+        return draft.evolve(
+            wrapped_secret=sealed.wrapped_secret, wrapped_data_key=sealed.wrapped_data_key
+        )
+
+    def _unlock(self, version: KeyVersion) -> UnlockedKey:
+        if version.status is Status.REVOKED:
+            raise KeyRevoked(f"key {version.kid!r} of tenant {version.tenant_id!r} was revoked")
+        if not version.has_secret:
+            raise KeyNotFound(f"key {version.kid!r} has no private material (retired)")
+        assert version.wrapped_secret is not None and version.wrapped_data_key is not None
+        provider = self.providers.get(version.provider)
+        secret = open_sealed(
+            Sealed(version.wrapped_secret, version.wrapped_data_key), version.context, provider
+        )
+        public = version.evolve(wrapped_secret=None, wrapped_data_key=None)
+        try:
+            if version.purpose is Purpose.SIGNING:
+                return UnlockedKey(public, material=signing.load(version.algorithm, secret))
+            return UnlockedKey(public, secret=bytes(secret))
+        finally:
+            secret[:] = bytes(len(secret))
+
+    def _invalidate(self, tenant_id: str, purpose: Purpose) -> None:
+        self.l1.invalidate(tenant_id, purpose.value)
+        if self.l2 is not None:
+            self.l2.invalidate(tenant_id, purpose.value)
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        self.providers.close()
+        self.store.close()
+
+
+def _data_aad(tenant_id: str, kid: str, associated_data: bytes) -> bytes:
+    # Tenant binding: the tenant and kid take part in the AEAD along with the caller's data.
+    return canonical_context({"tenant_id": tenant_id, "kid": kid}) + b"\x00" + bytes(associated_data)
+
+
+def _check_kid(kid: object) -> str:
+    if not isinstance(kid, str) or not 1 <= len(kid) <= 128 or not kid.isascii():
+        raise InvalidRequest("kid must be 1-128 ASCII characters", code=ErrorCode.UNKNOWN_KID)
+    return kid

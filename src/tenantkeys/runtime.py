@@ -1,0 +1,89 @@
+"""Builds the running parts (store, providers, caches, KeyService) from Settings, once.
+
+The CLI, the workers and the ops API all start here, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from tenantkeys.config import Settings
+from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.kms import CallObserver, ProviderSet
+from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey
+from tenantkeys.keys.store import KeyStore
+from tenantkeys.providers import KmsProvider
+
+log = logging.getLogger(__name__)
+
+#: Redis calls on the signing path must fail fast: a stalled cache must not stall signing.
+REDIS_SOCKET_TIMEOUT = 1.0
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+def redis_available(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: KeyService
+    redis: redis.Redis
+
+    def close(self) -> None:
+        self.service.close()
+        self.redis.close()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    require_redis: bool = False,
+    observers: list[CallObserver] | None = None,
+    guard: Callable[[KmsProvider], KmsProvider] | None = None,
+) -> Runtime:
+    """Everything a process needs to sign; validates the provider by building it now."""
+    store = KeyStore.from_url(settings.database_url)
+    if migrate:
+        store.migrate()
+    providers = ProviderSet(settings.kms_provider, settings.provider_options, observers, guard)
+    providers.current  # noqa: B018 - fail fast on a misconfigured provider
+    client = redis_client(settings)
+    l2: WrappedKeyCache | None = None
+    if redis_available(client):
+        l2 = WrappedKeyCache(client, settings.redis_prefix, settings.l2_cache_ttl_seconds)
+    elif require_redis:
+        from tenantkeys.errors import CacheUnavailable
+
+        raise CacheUnavailable(f"Redis does not answer at {settings.redis_url}")
+    else:
+        log.warning("Redis does not answer; running without the L2 cache and invalidations")
+    l1: LocalKeyCache[UnlockedKey] = LocalKeyCache(
+        settings.cache_ttl_seconds, settings.cache_max_entries
+    )
+    options = KeyServiceOptions(
+        signing_algorithm=settings.signing_algorithm,
+        rotation_days={
+            "signing": settings.rotation_days_signing,
+            "encryption": settings.rotation_days_encryption,
+        },
+        max_payload_bytes=settings.max_payload_bytes,
+    )
+    return Runtime(settings, KeyService(store, providers, l1, l2, options), client)

@@ -1,0 +1,370 @@
+"""Prometheus metrics of the service, defined once here, and the functions that record them.
+
+Every name starts with ``tenantkeys_``. Labels come from small fixed sets and never carry a
+tenant id (one series per tenant would grow without bound). Callers use the ``record_*`` and
+``set_*`` functions, which reject label values outside those sets, not the metric objects.
+
+Two kinds of metric:
+
+* Events (KMS calls, cache lookups, signatures, rotations) are counted in the process where they
+  happen. Under Celery's prefork pool, prometheus-client's multiprocess mode merges the pool
+  children's values; it is on when ``PROMETHEUS_MULTIPROC_DIR`` is in the environment *before*
+  the process starts (prometheus-client reads it at import).
+* Shared state (queue depth, dead letters, breaker, key ages, last sweep) lives in Redis, the
+  broker and the key store. It is read at scrape time through a :data:`StateProbe`, so every
+  exporter reports the same fresh value; a gauge set by whichever process looked last would go
+  stale on the other hosts and keep alerts firing after recovery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, get_args
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tenantkeys.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    IntegrityError,
+    KmsPermissionError,
+    TransientKmsError,
+)
+from tenantkeys.providers import SUPPORTED
+from tenantkeys.tracing import kms_span
+
+#: Content type of :func:`render_metrics` output, for the ``/metrics`` response.
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: Values of the ``provider`` label: the registered KMS providers.
+PROVIDERS: Final = SUPPORTED
+
+KmsOperation = Literal["encrypt", "decrypt", "generate_data_key", "describe", "health"]
+KmsOutcome = Literal["ok", "transient", "permission", "config", "integrity", "error"]
+CacheLayer = Literal["l1", "l2"]
+CacheResult = Literal["hit", "miss"]
+#: ``rejected``: bad input (the caller's fault); ``retry``: will be retried, not a result yet;
+#: ``failed``: gave up (dead letter or unexpected error).
+SignatureOutcome = Literal["ok", "rejected", "retry", "failed"]
+Purpose = Literal["signing", "encryption"]
+#: ``skipped``: another sweep or worker rotated it first (lock or conditional update lost).
+RotationOutcome = Literal["ok", "skipped", "failed"]
+BreakerState = Literal["closed", "half_open", "open"]
+Queue = Literal["tenantkeys.sign", "tenantkeys.keys", "tenantkeys.maintenance"]
+
+_log = logging.getLogger(__name__)
+
+BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
+
+#: USD per KMS request, list prices: AWS, GCP (software keys) and Azure (standard tier) charge
+#: $0.03 per 10,000 requests; self-hosted Vault and the local provider cost nothing per request.
+DEFAULT_KMS_PRICES_USD: Final[Mapping[str, float]] = {
+    "local": 0.0,
+    "aws": 0.03 / 10_000,
+    "vault": 0.0,
+    "gcp": 0.03 / 10_000,
+    "azure": 0.03 / 10_000,
+}
+_prices: dict[str, float] = dict(DEFAULT_KMS_PRICES_USD)
+
+_KMS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIGN_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+KMS_REQUESTS = Counter(
+    "tenantkeys_kms_requests_total",
+    "KMS requests that reached the provider, by outcome.",
+    ["provider", "operation", "outcome"],
+)
+KMS_DURATION = Histogram(
+    "tenantkeys_kms_request_duration_seconds",
+    "Duration of KMS requests, including SDK retries.",
+    ["provider", "operation"],
+    buckets=_KMS_SECONDS,
+)
+KMS_COST = Counter(
+    "tenantkeys_kms_estimated_cost_usd_total",
+    "Estimated KMS spend from configured per-request prices.",
+    ["provider"],
+)
+CACHE_LOOKUPS = Counter(
+    "tenantkeys_cache_lookups_total", "Key cache lookups by layer and result.", ["layer", "result"]
+)
+L1_ENTRIES = Gauge(
+    "tenantkeys_l1_cache_entries",
+    "Decrypted keys held in L1, summed over live worker processes.",
+    multiprocess_mode="livesum",
+)
+SIGNATURES = Counter("tenantkeys_signatures_total", "Signing jobs by outcome.", ["outcome"])
+SIGN_LATENCY = Histogram(
+    "tenantkeys_sign_latency_seconds",
+    "Time from enqueue to signing result.",
+    buckets=_SIGN_SECONDS,
+)
+ROTATIONS = Counter(
+    "tenantkeys_rotations_total", "Key rotations by purpose and outcome.", ["purpose", "outcome"]
+)
+BUILD_INFO = Gauge(
+    "tenantkeys_build_info",
+    "Always 1; the version and the configured KMS provider as labels.",
+    ["version", "provider"],
+    multiprocess_mode="max",
+)
+
+#: The event metrics, recorded per process; the shared-state gauges are in STATE_GAUGES.
+METRICS: Final = (
+    KMS_REQUESTS,
+    KMS_DURATION,
+    KMS_COST,
+    CACHE_LOOKUPS,
+    L1_ENTRIES,
+    SIGNATURES,
+    SIGN_LATENCY,
+    ROTATIONS,
+    BUILD_INFO,
+)
+
+
+def _check(label: str, value: str, allowed: object) -> str:
+    """Refuse a label value outside its fixed set: a typo must not mint a new series."""
+    choices = allowed if isinstance(allowed, tuple) else get_args(allowed)
+    if value not in choices:
+        raise ValueError(f"metric label {label}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def configure_prices(prices: Mapping[str, float]) -> None:
+    """Set USD per request for some providers; the others keep :data:`DEFAULT_KMS_PRICES_USD`."""
+    for provider, price in prices.items():
+        _check("provider", provider, PROVIDERS)
+        if not price >= 0:
+            raise ValueError(f"KMS price for {provider!r} must be >= 0, got {price!r}")
+    _prices.update(DEFAULT_KMS_PRICES_USD)
+    _prices.update(prices)
+
+
+def kms_outcome(exc: BaseException | None) -> KmsOutcome:
+    """The ``outcome`` label for a KMS call that raised ``exc`` (``None``: it succeeded)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, TransientKmsError):
+        return "transient"
+    if isinstance(exc, KmsPermissionError):
+        return "permission"
+    if isinstance(exc, ConfigurationError):
+        return "config"
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    return "error"
+
+
+def record_kms_call(
+    provider: str, operation: KmsOperation, outcome: KmsOutcome, seconds: float
+) -> None:
+    """Count one KMS request, its duration and its estimated cost."""
+    _check("provider", provider, PROVIDERS)
+    _check("operation", operation, KmsOperation)
+    _check("outcome", outcome, KmsOutcome)
+    KMS_REQUESTS.labels(provider, operation, outcome).inc()
+    KMS_DURATION.labels(provider, operation).observe(max(seconds, 0.0))
+    price = _prices[provider]
+    if price:
+        KMS_COST.labels(provider).inc(price)
+
+
+@contextmanager
+def kms_call(provider: str, operation: KmsOperation) -> Iterator[None]:
+    """Trace, time and count the KMS request made inside the block.
+
+    A :class:`CircuitOpenError` means the request was never sent: it is neither counted
+    nor priced. Any exception is re-raised unchanged.
+    """
+    started = time.perf_counter()
+    with kms_span(provider, operation):
+        try:
+            yield
+        except CircuitOpenError:
+            raise
+        except Exception as exc:
+            record_kms_call(provider, operation, kms_outcome(exc), time.perf_counter() - started)
+            raise
+        record_kms_call(provider, operation, "ok", time.perf_counter() - started)
+
+
+def record_cache_lookup(layer: CacheLayer, result: CacheResult) -> None:
+    """Count one lookup in the L1 (process) or L2 (Redis) key cache."""
+    CACHE_LOOKUPS.labels(
+        _check("layer", layer, CacheLayer), _check("result", result, CacheResult)
+    ).inc()
+
+
+def set_l1_entries(entries: int) -> None:
+    """Report this process's L1 size (summed over live processes on export)."""
+    L1_ENTRIES.set(entries)
+
+
+def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
+    """Count a signing job; ``seconds`` is enqueue-to-result time (``None`` for ``retry``).
+
+    Enqueue time comes from the producer's clock, so skew can make it negative: clamped to 0.
+    """
+    SIGNATURES.labels(_check("outcome", outcome, SignatureOutcome)).inc()
+    if seconds is not None:
+        SIGN_LATENCY.observe(max(seconds, 0.0))
+
+
+def record_rotation(purpose: Purpose, outcome: RotationOutcome) -> None:
+    """Count one rotation attempt of a (tenant, purpose) key."""
+    ROTATIONS.labels(
+        _check("purpose", purpose, Purpose), _check("outcome", outcome, RotationOutcome)
+    ).inc()
+
+
+def set_build_info(version: str, provider: str) -> None:
+    """Publish ``tenantkeys_build_info{version, provider} 1`` (one series per deployment)."""
+    BUILD_INFO.labels(version, _check("provider", provider, PROVIDERS)).set(1)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """Shared state read at scrape time; ``None`` (or a missing key) means unknown, not exported."""
+
+    last_sweep_timestamp: float | None = None
+    keys_overdue_rotation: int | None = None
+    oldest_active_key_age_seconds: float | None = None
+    dead_letter_depth: int | None = None
+    dead_letter_oldest_age_seconds: float | None = None
+    breaker_states: Mapping[str, BreakerState] = field(default_factory=dict)
+    queue_depths: Mapping[Queue, int] = field(default_factory=dict)
+
+
+#: Reads Redis, the broker and the key store; must answer in well under the scrape timeout.
+StateProbe = Callable[[], ServiceState]
+
+#: name -> help of the gauges :class:`StateCollector` exports.
+STATE_GAUGES: Final[Mapping[str, str]] = {
+    "tenantkeys_rotation_last_sweep_timestamp_seconds": "Unix time the last rotation sweep ended.",
+    "tenantkeys_keys_overdue_rotation": "Active keys past their rotate_after time.",
+    "tenantkeys_oldest_active_key_age_seconds": "Age of the oldest active key.",
+    "tenantkeys_dead_letter_depth": "Entries in the dead-letter store.",
+    "tenantkeys_dead_letter_oldest_age_seconds": "Age of the oldest dead letter; 0 when empty.",
+    "tenantkeys_circuit_breaker_state": "KMS circuit breaker: 0 closed, 1 half-open, 2 open.",
+    "tenantkeys_queue_depth": "Messages waiting in a broker queue.",
+}
+
+
+class StateCollector(Collector):
+    """Exports a :class:`ServiceState` as gauges; a failing probe exports none of them."""
+
+    def __init__(self, probe: StateProbe) -> None:
+        self._probe = probe
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            state = self._probe()
+        except Exception:
+            _log.warning("state probe failed; shared-state metrics omitted", exc_info=True)
+            return []
+        scalars = {
+            "tenantkeys_rotation_last_sweep_timestamp_seconds": state.last_sweep_timestamp,
+            "tenantkeys_keys_overdue_rotation": state.keys_overdue_rotation,
+            "tenantkeys_oldest_active_key_age_seconds": state.oldest_active_key_age_seconds,
+            "tenantkeys_dead_letter_depth": state.dead_letter_depth,
+            "tenantkeys_dead_letter_oldest_age_seconds": state.dead_letter_oldest_age_seconds,
+        }
+        metrics: list[Metric] = [
+            GaugeMetricFamily(name, STATE_GAUGES[name], value=value)
+            for name, value in scalars.items()
+            if value is not None
+        ]
+        breaker = GaugeMetricFamily(
+            "tenantkeys_circuit_breaker_state",
+            STATE_GAUGES["tenantkeys_circuit_breaker_state"],
+            labels=["provider"],
+        )
+        for provider, breaker_state in state.breaker_states.items():
+            _check("state", breaker_state, BreakerState)
+            breaker.add_metric(
+                [_check("provider", provider, PROVIDERS)], BREAKER_STATE_VALUES[breaker_state]
+            )
+        queues = GaugeMetricFamily(
+            "tenantkeys_queue_depth", STATE_GAUGES["tenantkeys_queue_depth"], labels=["queue"]
+        )
+        for queue, depth in state.queue_depths.items():
+            queues.add_metric([_check("queue", queue, Queue)], depth)
+        return [*metrics, breaker, queues]
+
+
+class _Exposition(Collector):
+    """This process's metrics, or all processes' in multiprocess mode, plus shared state."""
+
+    def __init__(
+        self, multiproc_dir: str | os.PathLike[str] | None, probe: StateProbe | None
+    ) -> None:
+        self._events: Collector = (
+            REGISTRY
+            if multiproc_dir is None
+            else multiprocess.MultiProcessCollector(None, path=os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]
+        )
+        self._state = None if probe is None else StateCollector(probe)
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._events.collect()
+        if self._state is not None:
+            yield from self._state.collect()
+
+
+def render_metrics(
+    multiproc_dir: str | os.PathLike[str] | None, state_probe: StateProbe | None = None
+) -> bytes:
+    """The ``/metrics`` body (content type :data:`CONTENT_TYPE`).
+
+    Pass the ``PROMETHEUS_MULTIPROC_DIR`` in effect: with it, the values of every process
+    writing there are merged; without it, this process's values are shown.
+    """
+    return generate_latest(_Exposition(multiproc_dir, state_probe))
+
+
+def start_worker_exporter(
+    port: int,
+    multiproc_dir: str | os.PathLike[str] | None,
+    state_probe: StateProbe | None = None,
+    addr: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the worker from outside its pod
+) -> WSGIServer:
+    """Serve ``/metrics`` on ``addr:port`` from a daemon thread; ``shutdown()`` stops it.
+
+    Start it in the worker's parent process (``worker_init``), not in the pool children.
+    """
+    server, _thread = start_http_server(
+        port, addr, registry=_Exposition(multiproc_dir, state_probe)
+    )
+    return server
+
+
+def reset_multiproc_dir(multiproc_dir: str | os.PathLike[str]) -> None:
+    """Delete the value files of a previous run; call once before the pool forks."""
+    path = Path(multiproc_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    for db in path.glob("*.db"):
+        db.unlink()
+
+
+def process_exited(pid: int, multiproc_dir: str | os.PathLike[str]) -> None:
+    """Drop a dead pool child's ``live*`` gauge values (``worker_process_shutdown``)."""
+    multiprocess.mark_process_dead(pid, os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]

@@ -1,0 +1,106 @@
+"""OpenTelemetry tracing: provider set-up, the tracer, and spans for KMS calls and cache lookups.
+
+The exporter is chosen by the standard ``OTEL_*`` variables, read by the OpenTelemetry SDK itself
+(``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_*``, ``OTEL_RESOURCE_ATTRIBUTES``, sampler and
+limits); these are the SDK's settings, not ours, so ``config.py`` does not duplicate them.
+Unlike the SDK's auto-instrumentation, an unset ``OTEL_TRACES_EXPORTER`` means *no* exporter:
+a service started without tracing configured sends nothing anywhere.
+
+Under Celery's prefork pool call :func:`setup_tracing` and :func:`instrument_celery` in each
+child after the fork (``worker_process_init``): exporter threads and sockets do not survive a fork.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+from opentelemetry import trace
+from opentelemetry.sdk._configuration import _get_exporter_names, _import_exporters
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+INSTRUMENTATION_NAME = "tenantkeys"
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(
+    service_name: str, *, exporters: Sequence[SpanExporter] | None = None
+) -> TracerProvider:
+    """Install the global tracer provider once per process and return it.
+
+    ``exporters`` overrides the ``OTEL_TRACES_EXPORTER`` choice (tests pass an in-memory
+    exporter). ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` win over ``service_name``.
+    A second call returns the provider already installed: OpenTelemetry allows one per process.
+    """
+    global _provider  # noqa: PLW0603 - one provider per process is OpenTelemetry's own rule
+    if _provider is not None:
+        return _provider
+    resource = Resource.create({SERVICE_NAME: service_name})
+    provider = TracerProvider(resource=resource)
+    for exporter in _env_exporters() if exporters is None else exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def _env_exporters() -> list[SpanExporter]:
+    """Exporters named by ``OTEL_TRACES_EXPORTER``; none when unset or ``none``.
+
+    Uses the SDK's own parsing (including the OTLP gRPC / HTTP protocol choice) and its entry
+    points, so ``otlp``, ``console`` and any installed exporter package work as documented.
+    """
+    names = _get_exporter_names("traces")
+    if not names:
+        return []
+    classes, _, _ = _import_exporters(names, [], [])
+    return [cls() for cls in classes.values()]
+
+
+def shutdown_tracing() -> None:
+    """Flush and stop the exporters (call at process exit)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer() -> trace.Tracer:
+    """The tenantkeys tracer; a no-op until :func:`setup_tracing` has run."""
+    return trace.get_tracer(INSTRUMENTATION_NAME)
+
+
+@contextmanager
+def kms_span(provider: str, operation: str) -> Iterator[trace.Span]:
+    """A client span around one KMS request; an exception is recorded and re-raised."""
+    with tracer().start_as_current_span(
+        f"kms.{operation}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"tenantkeys.kms.provider": provider, "tenantkeys.kms.operation": operation},
+    ) as span:
+        yield span
+
+
+@contextmanager
+def cache_span(layer: Literal["l1", "l2"]) -> Iterator[trace.Span]:
+    """A span around one cache lookup; set ``tenantkeys.cache.result`` on it when known."""
+    with tracer().start_as_current_span(
+        f"cache.{layer}.lookup", attributes={"tenantkeys.cache.layer": layer}
+    ) as span:
+        yield span
+
+
+def instrument_celery() -> None:
+    """Trace Celery publish and execution; carries trace context from producer to worker.
+
+    Call in every process that sends or runs tasks: in workers from ``worker_process_init``
+    (after the fork), in producers once at start. Idempotent. The import is deferred so the
+    domain library never imports Celery unless a Celery process asks for it.
+    """
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
