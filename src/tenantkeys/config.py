@@ -100,6 +100,44 @@ class Settings(BaseSettings):
     admin_token_sha256: SecretStr | None = None
     reader_token_sha256: SecretStr | None = None
 
+    # -- workers, retries, breaker, dead letters (issue 3) ---------------------------------
+    #: Five consecutive transient KMS failures: a blip rarely lasts five calls, an outage does.
+    breaker_fail_max: int = Field(default=5, ge=1, le=1_000)
+    #: 30 s open: long enough for a KMS to recover from throttling, short enough to probe soon.
+    breaker_reset_timeout_seconds: float = Field(default=30.0, gt=0, le=3_600)
+    #: Five retries with a 1 s base and 60 s cap span about two minutes: most KMS outages
+    #: (throttling, failover) end within that; longer ones belong in the dead-letter store.
+    retry_max: int = Field(default=5, ge=0, le=100)
+    #: Base of the exponential backoff; 1 s spreads the first retries of a burst.
+    retry_base_seconds: float = Field(default=1.0, gt=0, le=3_600)
+    #: Cap of one retry delay; 60 s keeps a job's latency bounded while the KMS recovers.
+    retry_cap_seconds: float = Field(default=60.0, gt=0, le=3_600)
+    #: AES-256 key sealing the original arguments of dead letters (0600 file, created on first use).
+    dead_letter_key_file: Path = Path("./.tenantkeys/deadletter.key")
+    #: A dead letter claimed for replay longer than this is put back (the replayer died).
+    dead_letter_replay_stale_seconds: int = Field(default=300, ge=1, le=86_400)
+    #: Worker processes per worker; None = one per CPU (signing is CPU-bound).
+    worker_concurrency: int | None = Field(default=None, ge=1, le=512)
+    #: 64 x concurrency messages in flight: enough to fill one signing batch per process.
+    worker_prefetch_multiplier: int = Field(default=64, ge=1, le=10_000)
+    #: Single signing jobs are signed together, up to this many per call path.
+    sign_batch_size: int = Field(default=100, ge=1, le=10_000)
+    #: A partial batch waits at most this long: 50 ms adds little latency, and bounds it.
+    sign_batch_interval_seconds: float = Field(default=0.05, gt=0, le=60)
+    #: Soft limit: a job may make a few KMS calls (each at most 10 s, 3 SDK attempts).
+    task_soft_time_limit_seconds: int = Field(default=60, ge=1, le=86_400)
+    #: Hard limit: the soft one plus time to clean up; the process is killed after it.
+    task_time_limit_seconds: int = Field(default=90, ge=1, le=86_400)
+    #: Redis re-delivers an unacked message after this; it must exceed the longest retry delay
+    #: (a retried job waits unacked in a worker until its ETA) plus the hard time limit.
+    broker_visibility_timeout_seconds: int = Field(default=3_600, ge=1, le=7 * 86_400)
+    #: Results live one day: a caller that timed out can still fetch one by its job id.
+    result_expires_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    #: Beat runs the rotation sweep this often; rotations are due by the day, hourly is plenty.
+    rotation_sweep_interval_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
+    #: Keys read per page by the sweep; bounded so one sweep never loads the whole registry.
+    rotation_sweep_page_size: int = Field(default=500, ge=1, le=100_000)
+
     @field_validator("kms_provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:

@@ -50,6 +50,10 @@ class ErrorCode(StrEnum):
     TENANT_MISMATCH = "TK-TENANT-MISMATCH"
     SIGNATURE_INVALID = "TK-SIGNATURE-INVALID"
     DECRYPT_FAILED = "TK-DECRYPT-FAILED"
+    JOB_TIMEOUT = "TK-JOB-TIMEOUT"
+    JOB_DEAD_LETTERED = "TK-JOB-DEAD-LETTERED"
+    DEAD_LETTER_NOT_FOUND = "TK-DEAD-LETTER-NOT-FOUND"
+    BROKER_UNAVAILABLE = "TK-BROKER-UNAVAILABLE"
 
 
 def doc_link(code: str) -> str:
@@ -118,6 +122,12 @@ class CircuitOpenError(TransientKmsError):
     """The breaker for this provider is open; the call was not attempted."""
 
     default_code = ErrorCode.KMS_CIRCUIT_OPEN
+
+
+class JobTimeout(TransientError):
+    """No worker answered a queued job in time; the job may still run (same job id)."""
+
+    default_code = ErrorCode.JOB_TIMEOUT
 
 
 class StoreUnavailable(TransientError):

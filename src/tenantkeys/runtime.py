@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
@@ -30,6 +32,8 @@ def redis_client(settings: Settings) -> redis.Redis:
         socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
+        # One quick retry; the L2 cache then backs off on its own rather than stall signing.
+        retry=Retry(NoBackoff(), 1),
     )
 
 

@@ -66,12 +66,13 @@ SignatureOutcome = Literal["ok", "rejected", "retry", "failed"]
 Purpose = Literal["signing", "encryption"]
 #: ``skipped``: another sweep or worker rotated it first (lock or conditional update lost).
 RotationOutcome = Literal["ok", "skipped", "failed"]
-BreakerState = Literal["closed", "half_open", "open"]
+#: pybreaker's own state names, as `Resilience.state()` returns them.
+BreakerState = Literal["closed", "half-open", "open"]
 Queue = Literal["tenantkeys.sign", "tenantkeys.keys", "tenantkeys.maintenance"]
 
 _log = logging.getLogger(__name__)
 
-BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half-open": 1, "open": 2}
 
 #: USD per KMS request, list prices: AWS, GCP (software keys) and Azure (standard tier) charge
 #: $0.03 per 10,000 requests; self-hosted Vault and the local provider cost nothing per request.
@@ -276,39 +277,37 @@ class StateCollector(Collector):
         self._probe = probe
 
     def collect(self) -> Iterable[Metric]:
+        # A broken probe (Redis down, a bad label value) must not take the event metrics down.
         try:
-            state = self._probe()
+            return _state_metrics(self._probe())
         except Exception:
             _log.warning("state probe failed; shared-state metrics omitted", exc_info=True)
             return []
-        scalars = {
-            "tenantkeys_rotation_last_sweep_timestamp_seconds": state.last_sweep_timestamp,
-            "tenantkeys_keys_overdue_rotation": state.keys_overdue_rotation,
-            "tenantkeys_oldest_active_key_age_seconds": state.oldest_active_key_age_seconds,
-            "tenantkeys_dead_letter_depth": state.dead_letter_depth,
-            "tenantkeys_dead_letter_oldest_age_seconds": state.dead_letter_oldest_age_seconds,
-        }
-        metrics: list[Metric] = [
-            GaugeMetricFamily(name, STATE_GAUGES[name], value=value)
-            for name, value in scalars.items()
-            if value is not None
-        ]
-        breaker = GaugeMetricFamily(
-            "tenantkeys_circuit_breaker_state",
-            STATE_GAUGES["tenantkeys_circuit_breaker_state"],
-            labels=["provider"],
-        )
-        for provider, breaker_state in state.breaker_states.items():
-            _check("state", breaker_state, BreakerState)
-            breaker.add_metric(
-                [_check("provider", provider, PROVIDERS)], BREAKER_STATE_VALUES[breaker_state]
-            )
-        queues = GaugeMetricFamily(
-            "tenantkeys_queue_depth", STATE_GAUGES["tenantkeys_queue_depth"], labels=["queue"]
-        )
-        for queue, depth in state.queue_depths.items():
-            queues.add_metric([_check("queue", queue, Queue)], depth)
-        return [*metrics, breaker, queues]
+
+
+def _state_metrics(state: ServiceState) -> list[Metric]:
+    scalars = {
+        "tenantkeys_rotation_last_sweep_timestamp_seconds": state.last_sweep_timestamp,
+        "tenantkeys_keys_overdue_rotation": state.keys_overdue_rotation,
+        "tenantkeys_oldest_active_key_age_seconds": state.oldest_active_key_age_seconds,
+        "tenantkeys_dead_letter_depth": state.dead_letter_depth,
+        "tenantkeys_dead_letter_oldest_age_seconds": state.dead_letter_oldest_age_seconds,
+    }
+    metrics: list[Metric] = [
+        GaugeMetricFamily(name, STATE_GAUGES[name], value=value)
+        for name, value in scalars.items()
+        if value is not None
+    ]
+    name = "tenantkeys_circuit_breaker_state"
+    breaker = GaugeMetricFamily(name, STATE_GAUGES[name], labels=["provider"])
+    for provider, breaker_state in state.breaker_states.items():
+        value = BREAKER_STATE_VALUES[_check("state", breaker_state, BreakerState)]
+        breaker.add_metric([_check("provider", provider, PROVIDERS)], value)
+    name = "tenantkeys_queue_depth"
+    queues = GaugeMetricFamily(name, STATE_GAUGES[name], labels=["queue"])
+    for queue, depth in state.queue_depths.items():
+        queues.add_metric([_check("queue", queue, Queue)], depth)
+    return [*metrics, breaker, queues]
 
 
 class _Exposition(Collector):
@@ -358,11 +357,17 @@ def start_worker_exporter(
 
 
 def reset_multiproc_dir(multiproc_dir: str | os.PathLike[str]) -> None:
-    """Delete the value files of a previous run; call once before the pool forks."""
+    """Delete the value files of a previous run; call in the worker parent before the pool forks.
+
+    This process's own files are kept: it opened them when this module was imported, and
+    deleting an open file would silently drop what it records from then on.
+    """
     path = Path(multiproc_dir)
     path.mkdir(parents=True, exist_ok=True)
+    own = f"_{os.getpid()}.db"
     for db in path.glob("*.db"):
-        db.unlink()
+        if not db.name.endswith(own):
+            db.unlink()
 
 
 def process_exited(pid: int, multiproc_dir: str | os.PathLike[str]) -> None:

@@ -34,10 +34,13 @@ def setup_tracing(
 
     ``exporters`` overrides the ``OTEL_TRACES_EXPORTER`` choice (tests pass an in-memory
     exporter). ``OTEL_SERVICE_NAME`` / ``OTEL_RESOURCE_ATTRIBUTES`` win over ``service_name``.
-    A second call returns the provider already installed: OpenTelemetry allows one per process.
+    OpenTelemetry allows one provider per process: a second call returns the one installed,
+    adding only the ``exporters`` it is given explicitly.
     """
     global _provider  # noqa: PLW0603 - one provider per process is OpenTelemetry's own rule
     if _provider is not None:
+        for exporter in exporters or ():
+            _provider.add_span_processor(BatchSpanProcessor(exporter))
         return _provider
     resource = Resource.create({SERVICE_NAME: service_name})
     provider = TracerProvider(resource=resource)

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-TOKEN = "tk-test-token"  # noqa: S105 - a fake bearer token the stand-in accepts
+#: A fake bearer token: the stand-in accepts it, no identity provider is involved.
+TOKEN = "tk-test-token"
 CHALLENGE = (
     'Bearer authorization="https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000",'
     ' resource="https://vault.azure.net"'
@@ -72,7 +73,7 @@ class AzureKeyVaultStandIn:
         self.switches = Switches()
         self.cert_path, key_path = _self_signed(workdir)
         handler = type("Handler", (_Handler,), {"vault": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, key_path)
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
@@ -106,6 +107,13 @@ class AzureKeyVaultStandIn:
             },
             "attributes": {"enabled": not self.switches.disabled, "recoveryLevel": "Purgeable"},
         }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: clients that time out on purpose drop their connections mid-reply."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -143,7 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and operation == "get":
             return self._reply(200, vault.key_bundle())
         if switches.disabled:
-            return self._reply(403, _error("Forbidden", "Operation is not allowed on a disabled key"))
+            return self._reply(
+                403, _error("Forbidden", "Operation is not allowed on a disabled key")
+            )
         if method == "POST" and operation in ("wrapkey", "unwrapkey"):
             if body.get("alg") != "RSA-OAEP-256":
                 return self._reply(400, _error("BadParameter", "unsupported algorithm"))

@@ -100,15 +100,19 @@ class GcpKmsStandIn:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on '{name}'",
             )
-        key = self.keys.get(name.split("/cryptoKeyVersions/")[0])
+        key = self.keys.get(name.split("/cryptoKeyVersions/", maxsplit=1)[0])
         if key is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{name} not found.")
         return key
 
-    def _encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
-        key = self._gate(context, request.name)
+    def _usable(self, context: grpc.ServicerContext, name: str) -> _Key:
+        key = self._gate(context, name)
         if self.switches.disabled:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "primary version is DISABLED")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{name} version is DISABLED")
+        return key
+
+    def _encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
+        key = self._usable(context, request.name)
         _check_crc(context, request.plaintext, request.plaintext_crc32c)
         aad = request.additional_authenticated_data
         _check_crc(context, aad, request.additional_authenticated_data_crc32c)
@@ -127,7 +131,7 @@ class GcpKmsStandIn:
         )
 
     def _decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
-        key = self._gate(context, request.name)
+        key = self._usable(context, request.name)
         _check_crc(context, request.ciphertext, request.ciphertext_crc32c)
         aad = request.additional_authenticated_data
         _check_crc(context, aad, request.additional_authenticated_data_crc32c)

@@ -61,7 +61,9 @@ class MotoKms:
         self._wait_ready()
         self._post_auth("inf")
         kms = self.client("kms")
-        self.key_id = kms.create_key(Description="tenantkeys contract tests")["KeyMetadata"]["KeyId"]
+        self.key_id = kms.create_key(Description="tenantkeys contract tests")["KeyMetadata"][
+            "KeyId"
+        ]
         self.admin = self._user("admin", ["kms:*"])
         self.limited = self._user("limited", ["kms:DescribeKey"])
 

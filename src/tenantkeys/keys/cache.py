@@ -123,10 +123,14 @@ class WrappedKeyCache:
     failure is logged (the store and the KMS still answer).
     """
 
+    #: After a Redis failure, skip L2 for this long instead of paying a timeout per lookup.
+    RETRY_AFTER_SECONDS = 5.0
+
     def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: int) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = ttl_seconds
+        self._down_until = 0.0
         self.channel = f"{prefix}:invalidate"
         self._set_if_generation = client.register_script(_SET_IF_GENERATION)
         self.stats = CacheStats()
@@ -138,21 +142,32 @@ class WrappedKeyCache:
     def _gen_key(self, tenant_id: str, purpose: str) -> str:
         return f"{self.prefix}:gen:{tenant_id}:{purpose}"
 
+    def _usable(self) -> bool:
+        return self.ttl > 0 and time.monotonic() >= self._down_until
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        self._down_until = time.monotonic() + self.RETRY_AFTER_SECONDS
+        log.warning("L2 cache %s (%s); using the key store for %.0f s", what,
+                    type(exc).__name__, self.RETRY_AFTER_SECONDS)
+
     def generation(self, tenant_id: str, purpose: str) -> str | None:
+        if not self._usable():
+            return None
         try:
             value = self.client.get(self._gen_key(tenant_id, purpose))
         except redis.RedisError as exc:
-            log.warning("L2 cache unavailable (%s); reading the key store", type(exc).__name__)
+            self._failed(exc, "unavailable")
             return None
         return value.decode() if isinstance(value, bytes) else "0"
 
     def get_active(self, tenant_id: str, purpose: Purpose) -> KeyVersion | None:
-        if self.ttl == 0:
+        if not self._usable():
+            self.stats.misses += 1
             return None
         try:
             raw = self.client.get(self._key(tenant_id, purpose.value))
         except redis.RedisError as exc:
-            log.warning("L2 cache unavailable (%s); reading the key store", type(exc).__name__)
+            self._failed(exc, "unavailable")
             self.stats.misses += 1
             return None
         if raw is None:
@@ -162,7 +177,7 @@ class WrappedKeyCache:
         return record_to_version(json.loads(raw))
 
     def put_active(self, version: KeyVersion, generation: str | None) -> None:
-        if self.ttl == 0 or generation is None:
+        if generation is None or not self._usable():
             return
         try:
             self._set_if_generation(
@@ -173,7 +188,7 @@ class WrappedKeyCache:
                 args=[generation, json.dumps(version_to_record(version)), self.ttl],
             )
         except redis.RedisError as exc:
-            log.warning("L2 cache write skipped (%s)", type(exc).__name__)
+            self._failed(exc, "write skipped")
 
     def invalidate(self, tenant_id: str, purpose: str) -> bool:
         """Bump the generation, drop the record and tell every process. False if Redis is down."""

@@ -128,7 +128,7 @@ class AzureKeyVaultProvider(KmsProvider):
             provider=self.name,
             key_id=str(key.id),
             enabled=bool(key.properties.enabled),
-            algorithm=f"{key.key_type}/{_ALGORITHM.value}",
+            algorithm=f"{getattr(key.key_type, 'value', key.key_type)}/{_ALGORITHM.value}",
             details={
                 "version": key.properties.version,
                 "key_operations": list(key.key_operations or []),

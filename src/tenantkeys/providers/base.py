@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from tenantkeys.errors import ErrorCode, KmsConfigError, TenantKeysError
+
 DATA_KEY_BYTES = 32
 
 #: The context keys the envelope binds. Terraform's encryption-context condition uses these.
@@ -62,6 +64,8 @@ class DataKey:
 
 @dataclass(frozen=True)
 class HealthReport:
+    """The outcome of one health probe: ``detail`` is a coded one-line error when not ok."""
+
     provider: str
     key_id: str
     ok: bool
@@ -106,13 +110,18 @@ class KmsProvider(abc.ABC):
         started = time.perf_counter()
         try:
             description = self.describe()
-        except Exception as exc:  # health reports, it does not raise
-            detail = getattr(exc, "one_line", lambda: f"{type(exc).__name__}: {exc}")()
+        except TenantKeysError as exc:  # health reports, it does not raise
+            return HealthReport(self.name, self.key_id, False, _ms(started), exc.one_line())
+        except Exception as exc:  # an SDK error the provider failed to map: still a report
+            detail = f"{ErrorCode.INTERNAL}: {type(exc).__name__}"
             return HealthReport(self.name, self.key_id, False, _ms(started), detail)
-        ok = description.enabled
-        return HealthReport(
-            self.name, self.key_id, ok, _ms(started), "" if ok else "key is disabled"
-        )
+        if not description.enabled:
+            disabled = KmsConfigError(
+                f"KMS key {self.key_id} is disabled", code=ErrorCode.KMS_KEY_DISABLED,
+                provider=self.name,
+            )
+            return HealthReport(self.name, self.key_id, False, _ms(started), disabled.one_line())
+        return HealthReport(self.name, self.key_id, True, _ms(started))
 
     def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections; the default holds none."""

@@ -183,7 +183,8 @@ class VaultTransitProvider(KmsProvider):
 def map_error(exc: Exception, operation: str, mount: str, key_name: str) -> TenantKeysError:
     """The tenantkeys error for an hvac/requests error raised by ``operation`` on the key."""
     code = type(exc).__name__
-    text = "; ".join(getattr(exc, "errors", None) or []) or str(exc)
+    errors = getattr(exc, "errors", None) or []
+    text = "; ".join(" ".join(str(error).split()) for error in errors) or str(exc)
     if isinstance(exc, requests.Timeout):
         return TransientKmsError(
             f"Vault timed out during {operation}: {exc}",
@@ -195,6 +196,15 @@ def map_error(exc: Exception, operation: str, mount: str, key_name: str) -> Tena
         return TransientKmsError(
             f"Vault cannot be reached during {operation}: {exc}",
             code=ErrorCode.KMS_UNAVAILABLE,
+            provider="vault",
+            provider_code=code,
+        )
+    login_refused = hvac_errors.InvalidRequest | hvac_errors.Forbidden | hvac_errors.Unauthorized
+    if operation == "login" and isinstance(exc, login_refused):
+        return KmsPermissionError(
+            f"Vault refused the login ({text}); check TENANTKEYS_VAULT_ROLE_ID and the secret "
+            "id file (AppRole) or TENANTKEYS_VAULT_KUBERNETES_ROLE and the service-account "
+            f"token (Kubernetes); see {POLICY_DOC}",
             provider="vault",
             provider_code=code,
         )

@@ -1,0 +1,5 @@
+"""``python -m tenantkeys`` runs the CLI."""
+
+from tenantkeys.cli import main
+
+main()
