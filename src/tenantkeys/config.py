@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1_048_576, ge=1, le=64 * 1_048_576)
 
     local_master_key_file: Path = Path("./.tenantkeys/master.key")
+    #: Per-request KMS timeout. 10 s is past every cloud KMS's p99.9 and short enough that a
+    #: hung call turns into a retry well inside the task's soft time limit.
+    kms_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    #: Where prometheus-client's multiprocess mode keeps per-process files (workers, API).
+    #: Mirrors PROMETHEUS_MULTIPROC_DIR, which prometheus-client itself reads at import.
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None, validation_alias="PROMETHEUS_MULTIPROC_DIR"
+    )
 
     aws_kms_key_id: str | None = None
     aws_region: str | None = None
@@ -87,6 +95,8 @@ class Settings(BaseSettings):
     vault_kubernetes_mount: str = "kubernetes"
     vault_kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     vault_ca_cert: str | None = None
+    #: File holding the AppRole secret id (a mounted secret), read by the vault provider.
+    vault_secret_id_file: Path | None = None
 
     gcp_key_name: str | None = None
     gcp_credentials_file: Path | None = None
@@ -161,11 +171,12 @@ class Settings(BaseSettings):
 
     def missing_settings(self, provider: str) -> list[str]:
         """Variable names ``provider`` needs that are not set."""
-        return [
-            ENV_PREFIX + name.upper()
-            for name in REQUIRED_SETTINGS[provider]
-            if getattr(self, name) in (None, "")
-        ]
+        required = list(REQUIRED_SETTINGS[provider])
+        if provider == "vault" and self.vault_auth == "approle":
+            required += ["vault_role_id", "vault_secret_id_file"]
+        if provider == "vault" and self.vault_auth == "kubernetes":
+            required.append("vault_kubernetes_role")
+        return [ENV_PREFIX + name.upper() for name in required if getattr(self, name) in (None, "")]
 
     def provider_options(self, provider: str) -> dict[str, Any]:
         """Constructor arguments of ``provider``; raises if its settings are incomplete."""
@@ -186,6 +197,7 @@ class Settings(BaseSettings):
                 "key_id": self.aws_kms_key_id,
                 "region": self.aws_region,
                 "endpoint_url": self.aws_endpoint_url,
+                "timeout": self.kms_timeout_seconds,
             }
         if provider == "vault":
             return {
@@ -200,17 +212,21 @@ class Settings(BaseSettings):
                 "kubernetes_mount": self.vault_kubernetes_mount,
                 "kubernetes_token_file": self.vault_kubernetes_token_file,
                 "ca_cert": self.vault_ca_cert,
+                "secret_id_file": self.vault_secret_id_file,
+                "timeout": self.kms_timeout_seconds,
             }
         if provider == "gcp":
             return {
                 "key_name": self.gcp_key_name,
                 "credentials_file": self.gcp_credentials_file,
                 "endpoint": self.gcp_endpoint,
+                "timeout": self.kms_timeout_seconds,
             }
         return {
             "vault_url": self.azure_vault_url,
             "key_name": self.azure_key_name,
             "key_version": self.azure_key_version,
+            "timeout": self.kms_timeout_seconds,
         }
 
     def check(self) -> None:

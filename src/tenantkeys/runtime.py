@@ -15,7 +15,7 @@ from redis.retry import Retry
 
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
-from tenantkeys.keys.kms import CallObserver, ProviderSet
+from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import KmsProvider
@@ -60,14 +60,13 @@ def build_runtime(
     *,
     migrate: bool = True,
     require_redis: bool = False,
-    observers: list[CallObserver] | None = None,
     guard: Callable[[KmsProvider], KmsProvider] | None = None,
 ) -> Runtime:
     """Everything a process needs to sign; validates the provider by building it now."""
     store = KeyStore.from_url(settings.database_url)
     if migrate:
         store.migrate()
-    providers = ProviderSet(settings.kms_provider, settings.provider_options, observers, guard)
+    providers = ProviderSet(settings.kms_provider, settings.provider_options, guard)
     providers.current  # noqa: B018 - fail fast on a misconfigured provider
     client = redis_client(settings)
     l2: WrappedKeyCache | None = None

@@ -1,56 +1,43 @@
 """The providers a KeyService talks to: the configured one, plus any a stored row names.
 
-Every call goes through :class:`MeteredProvider`, which times and counts it by provider,
-operation and outcome (the numbers behind the KMS metrics and the cost estimate).
+Every call goes through :class:`MeteredProvider`, which traces, times and counts it by provider,
+operation and outcome (the KMS metrics and the cost estimate), and keeps per-instance counts
+that tests and benchmarks read.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from tenantkeys.errors import ConfigurationError, ErrorCode, TenantKeysError
+from tenantkeys import telemetry
+from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.telemetry import KmsOperation
 from tenantkeys.providers import Context, DataKey, KeyDescription, KmsProvider, create_provider
 
 T = TypeVar("T")
-#: Called after every KMS call with (provider, operation, outcome, seconds).
-CallObserver = Callable[[str, str, str, float], None]
 
 
 class MeteredProvider(KmsProvider):
     """Wraps a provider: counts and times every call; the counts are what tests assert on."""
 
-    def __init__(self, inner: KmsProvider, observers: list[CallObserver] | None = None) -> None:
+    def __init__(self, inner: KmsProvider) -> None:
         self.inner = inner
         self.name = inner.name  # type: ignore[misc]
         self.calls: Counter[str] = Counter()
-        self._observers = observers if observers is not None else []
         self._lock = threading.Lock()
 
     @property
     def key_id(self) -> str:
         return self.inner.key_id
 
-    def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        started = time.perf_counter()
-        outcome = "success"
-        try:
+    def _call(self, operation: KmsOperation, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self.calls[operation] += 1
+        with telemetry.kms_call(self.name, operation):
             return fn()
-        except TenantKeysError as exc:
-            outcome = _outcome(exc)
-            raise
-        except Exception:
-            outcome = "error"
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            with self._lock:
-                self.calls[operation] += 1
-            for observe in self._observers:
-                observe(self.name, operation, outcome, elapsed)
 
     def encrypt(self, plaintext: bytes, context: Context) -> bytes:
         return self._call("encrypt", lambda: self.inner.encrypt(plaintext, context))
@@ -73,14 +60,6 @@ class MeteredProvider(KmsProvider):
             return sum(self.calls.values())
 
 
-def _outcome(exc: TenantKeysError) -> str:
-    if exc.retryable:
-        return "transient"
-    if isinstance(exc, ConfigurationError):
-        return "config"
-    return "rejected"
-
-
 class ProviderSet:
     """Builds providers by name on first use, from a factory of options per name.
 
@@ -92,12 +71,10 @@ class ProviderSet:
         self,
         current: str,
         options_for: Callable[[str], Mapping[str, Any]],
-        observers: list[CallObserver] | None = None,
         guard: Callable[[KmsProvider], KmsProvider] | None = None,
     ) -> None:
         self.current_name = current
         self._options_for = options_for
-        self._observers = observers if observers is not None else []
         #: Wraps each raw provider before metering (the circuit breaker, in workers).
         self._guard = guard
         self._providers: dict[str, MeteredProvider] = {}
@@ -116,7 +93,7 @@ class ProviderSet:
             metered = provider
         else:
             guarded = self._guard(provider) if self._guard is not None else provider
-            metered = MeteredProvider(guarded, self._observers)
+            metered = MeteredProvider(guarded)
         with self._lock:
             self._providers[provider.name] = metered
         return metered

@@ -19,7 +19,7 @@ import rfc8785
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tenantkeys import signing
+from tenantkeys import signing, telemetry, tracing
 from tenantkeys.errors import (
     ErrorCode,
     IntegrityError,
@@ -184,11 +184,17 @@ class KeyService:
         validate_tenant_id(tenant_id)
         cache_key = (tenant_id, purpose.value, "active")
         found = self.l1.get(cache_key)
+        telemetry.record_cache_lookup("l1", "hit" if found is not None else "miss")
         if found is not None:
             return found
         l1_generation = self.l1.generation(tenant_id, purpose.value)
         l2_generation = self.l2.generation(tenant_id, purpose.value) if self.l2 else None
-        version = self.l2.get_active(tenant_id, purpose) if self.l2 else None
+        version = None
+        if self.l2 is not None:
+            with tracing.cache_span("l2"):
+                version = self.l2.get_active(tenant_id, purpose)
+            telemetry.record_cache_lookup("l2", "hit" if version is not None else "miss")
+        from_store = version is None
         if version is None:
             version = self.store.active(tenant_id, purpose)
             if version is None:
@@ -196,9 +202,10 @@ class KeyService:
                     f"tenant {tenant_id!r} has no active {purpose.value} key; "
                     f"create one with: tenantkeys keys create --tenant {tenant_id}"
                 )
-            if self.l2 is not None:
-                self.l2.put_active(version, l2_generation)
         unlocked = self._unlock(version)
+        if from_store and self.l2 is not None:
+            # Only a record that opened goes to L2: a bad row is never spread to other workers.
+            self.l2.put_active(version, l2_generation)
         self.l1.put(cache_key, unlocked, scope=(tenant_id, purpose.value), generation=l1_generation)
         return unlocked
 
