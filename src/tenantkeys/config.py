@@ -276,8 +276,6 @@ def load_settings(**overrides: Any) -> Settings:
                 code = ErrorCode.CONFIG_UNKNOWN_PROVIDER
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
-        raise ConfigurationError(
-            "invalid settings: " + "; ".join(problems), code=code
-        ) from None
+        raise ConfigurationError("invalid settings: " + "; ".join(problems), code=code) from None
     settings.check()
     return settings

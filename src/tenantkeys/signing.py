@@ -149,7 +149,9 @@ class ParsedJws:
 def parse_compact(jws: str) -> ParsedJws:
     """Split and decode a compact JWS; ``TK-INVALID-JWS`` when it is not one."""
     if not isinstance(jws, str) or len(jws) > 16 * 1024 * 1024:
-        raise InvalidRequest("JWS must be a compact-serialization string", code=ErrorCode.INVALID_JWS)
+        raise InvalidRequest(
+            "JWS must be a compact-serialization string", code=ErrorCode.INVALID_JWS
+        )
     parts = jws.strip().split(".")
     if len(parts) != 3:
         raise InvalidRequest(
@@ -206,8 +208,15 @@ def jwks(entries: Iterable[tuple[str, bytes, str, str]]) -> dict[str, Any]:
         if status == "revoked":
             revoked.append({"kid": kid, "status": status})
             continue
-        keys.append({**public_jwk(algorithm, public_bytes), "kid": kid, "alg": algorithm,
-                     "use": "sig", "status": status})
+        keys.append(
+            {
+                **public_jwk(algorithm, public_bytes),
+                "kid": kid,
+                "alg": algorithm,
+                "use": "sig",
+                "status": status,
+            }
+        )
     return {"keys": keys, "revoked": revoked}
 
 

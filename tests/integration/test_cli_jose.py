@@ -22,10 +22,18 @@ class Cli:
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
         self.env, self.cwd = env, cwd
 
-    def run(self, *args: str, stdin: bytes | None = None, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: bytes | None = None, ok: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "tenantkeys", *args], env=self.env, cwd=self.cwd,
-            input=stdin.decode() if stdin is not None else None, capture_output=True, text=True, timeout=60,
+            [sys.executable, "-m", "tenantkeys", *args],
+            check=False,
+            env=self.env,
+            cwd=self.cwd,
+            input=stdin.decode() if stdin is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if ok:
             assert done.returncode == 0, done.stderr
@@ -78,7 +86,9 @@ def pyjwt_verify(jwks: dict, compact: str, payload: bytes) -> bool:
     return True
 
 
-def test_signature_verifies_with_independent_jose_libraries_across_rotations(cli: Cli, tmp_path: Path) -> None:
+def test_signature_verifies_with_independent_jose_libraries_across_rotations(
+    cli: Cli, tmp_path: Path
+) -> None:
     evidence = tmp_path / "evidence.json"
     evidence.write_bytes(b'{"control": "AC-2", "result": "pass"}')
     cli.run("keys", "create", "--tenant", "alpha")
@@ -98,7 +108,12 @@ def test_signature_verifies_with_independent_jose_libraries_across_rotations(cli
         assert verify(jwks, first["jws"], payload)  # after two rotations
         assert verify(jwks, second["jws"], b"second")
         assert not verify(jwks, first["jws"], payload + b" ")  # and it can fail
-    assert cli.run("verify", "--tenant", "alpha", "--file", str(evidence), "--jws", first["jws"]).returncode == 0
+    assert (
+        cli.run(
+            "verify", "--tenant", "alpha", "--file", str(evidence), "--jws", first["jws"]
+        ).returncode
+        == 0
+    )
 
     # Revoked: refused by our verify and absent from the JWKS other libraries read.
     cli.run("keys", "revoke", "--tenant", "alpha", "--kid", second["kid"])
@@ -106,21 +121,36 @@ def test_signature_verifies_with_independent_jose_libraries_across_rotations(cli
     assert second["kid"] in [r["kid"] for r in jwks["revoked"]]
     for verify in (joserfc_verify, pyjwt_verify):
         assert not verify(jwks, second["jws"], b"second")
-    refused = cli.run("verify", "--tenant", "alpha", "--data", "second", "--jws", second["jws"], ok=False)
+    refused = cli.run(
+        "verify", "--tenant", "alpha", "--data", "second", "--jws", second["jws"], ok=False
+    )
     assert refused.returncode == 1 and "TK-KEY-REVOKED" in refused.stderr
 
     # Tenant A's signature never verifies as tenant B, with our verify or with B's JWKS.
     beta_jwks = cli.json("jwks", "--tenant", "beta")
     for verify in (joserfc_verify, pyjwt_verify):
         assert not verify(beta_jwks, first["jws"], payload)
-    cross = cli.run("verify", "--tenant", "beta", "--file", str(evidence), "--jws", first["jws"], ok=False)
+    cross = cli.run(
+        "verify", "--tenant", "beta", "--file", str(evidence), "--jws", first["jws"], ok=False
+    )
     assert cross.returncode == 1 and "TK-TENANT-MISMATCH" in cross.stderr
 
 
 def test_stdin_and_canonical_json(cli: Cli) -> None:
     cli.run("keys", "create", "--tenant", "alpha", "--purpose", "signing")
-    out = json.loads(cli.run("sign", "--tenant", "alpha", "--canonical-json", "-", stdin=b'{"b":2,"a":1}').stdout)
-    ok = cli.run("verify", "--tenant", "alpha", "--canonical-json", "--data", '{"a": 1, "b": 2}', "--jws", out["jws"])
+    out = json.loads(
+        cli.run("sign", "--tenant", "alpha", "--canonical-json", "-", stdin=b'{"b":2,"a":1}').stdout
+    )
+    ok = cli.run(
+        "verify",
+        "--tenant",
+        "alpha",
+        "--canonical-json",
+        "--data",
+        '{"a": 1, "b": 2}',
+        "--jws",
+        out["jws"],
+    )
     assert json.loads(ok.stdout)["valid"] is True
 
 
@@ -135,14 +165,26 @@ def test_stdin_and_canonical_json(cli: Cli) -> None:
         (["sign", "--tenant", "alpha", "--file", "/nonexistent"], "TK-INVALID-ARGUMENT"),
         (["verify", "--tenant", "alpha", "--data", "x", "--jws", "%%%"], "TK-INVALID-JWS"),
         (["verify", "--tenant", "alpha", "--data", "x", "--jws", "a.b.c"], "TK-INVALID-JWS"),
-        (["verify", "--tenant", "alpha", "--data", "x", "--jws", "eyJhbGciOiJFZERTQSIsImtpZCI6Ingi"
-          "LCJ0ZW5hbnRfaWQiOiJhbHBoYSJ9..AAAA"], "TK-UNKNOWN-KID"),
+        (
+            [
+                "verify",
+                "--tenant",
+                "alpha",
+                "--data",
+                "x",
+                "--jws",
+                "eyJhbGciOiJFZERTQSIsImtpZCI6IngiLCJ0ZW5hbnRfaWQiOiJhbHBoYSJ9..AAAA",
+            ],
+            "TK-UNKNOWN-KID",
+        ),
         (["keys", "revoke", "--tenant", "alpha", "--kid", "nope"], "TK-UNKNOWN-KID"),
         (["keys", "create", "--tenant", "alpha", "--purpose", "mining"], "TK-INVALID-ARGUMENT"),
         (["nonsense"], "TK-INVALID-ARGUMENT"),
     ],
 )
-def test_bad_input_is_one_coded_line_without_traceback(cli: Cli, args: list[str], code: str) -> None:
+def test_bad_input_is_one_coded_line_without_traceback(
+    cli: Cli, args: list[str], code: str
+) -> None:
     cli.env["TENANTKEYS_MAX_PAYLOAD_BYTES"] = "64"
     cli.run("keys", "create", "--tenant", "alpha", "--purpose", "signing")
     done = cli.run(*args, ok=False)

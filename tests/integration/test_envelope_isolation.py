@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -54,8 +53,12 @@ def provider(request: pytest.FixtureRequest, provider_factory: ProviderFactory) 
 
 
 @pytest.fixture
-def service(provider: KmsProvider, postgres_url: str, redis_url: str, redis_prefix: str) -> Iterator[KeyService]:
-    svc = make_service(postgres_url, provider, redis_client=redis.Redis.from_url(redis_url), prefix=redis_prefix)
+def service(
+    provider: KmsProvider, postgres_url: str, redis_url: str, redis_prefix: str
+) -> Iterator[KeyService]:
+    svc = make_service(
+        postgres_url, provider, redis_client=redis.Redis.from_url(redis_url), prefix=redis_prefix
+    )
     yield svc
     svc.close()
 
@@ -75,7 +78,10 @@ def swap_wrapped_columns(service: KeyService, a: str, b: str) -> None:
             conn.execute(
                 t.update()
                 .where(t.c.tenant_id == mine, t.c.purpose == "signing")
-                .values(wrapped_secret=rows[theirs].wrapped_secret, wrapped_data_key=rows[theirs].wrapped_data_key)
+                .values(
+                    wrapped_secret=rows[theirs].wrapped_secret,
+                    wrapped_data_key=rows[theirs].wrapped_data_key,
+                )
             )
 
 
@@ -111,7 +117,9 @@ def test_no_secret_bytes_in_redis_or_the_database(
 
         secrets.append(
             signing_key.material.private_key.private_bytes(  # type: ignore[union-attr]
-                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
             )
         )
         enc = service.active_key(tenant, Purpose.ENCRYPTION)
@@ -121,8 +129,12 @@ def test_no_secret_bytes_in_redis_or_the_database(
     assert len(secrets) >= 12
 
     def forms(secret: bytes) -> list[bytes]:
-        return [secret, secret.hex().encode(), base64.b64encode(secret).rstrip(b"="),
-                base64.urlsafe_b64encode(secret).rstrip(b"=")]
+        return [
+            secret,
+            secret.hex().encode(),
+            base64.b64encode(secret).rstrip(b"="),
+            base64.urlsafe_b64encode(secret).rstrip(b"="),
+        ]
 
     client = redis.Redis.from_url(redis_url)
     blobs: list[bytes] = []
@@ -133,7 +145,9 @@ def test_no_secret_bytes_in_redis_or_the_database(
     assert blobs, "expected L2 records in Redis"
     with service.store.engine.connect() as conn:
         for row in conn.execute(sa.select(key_versions)):
-            blobs.extend(bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode() for v in row)
+            blobs.extend(
+                bytes(v) if isinstance(v, bytes | memoryview) else str(v).encode() for v in row
+            )
     for secret in secrets:
         for form in forms(secret):
             assert not any(form in blob for blob in blobs)
@@ -143,10 +157,17 @@ def test_unknown_aws_key_is_a_configuration_error(provider_factory: ProviderFact
     moto = provider_factory.server("aws")
     provider_factory("aws")  # sets the credentials
     unknown = create_provider(
-        "aws", {"key_id": "11111111-2222-3333-4444-555555555555", "region": "us-east-1", "endpoint_url": moto.endpoint}
+        "aws",
+        {
+            "key_id": "11111111-2222-3333-4444-555555555555",
+            "region": "us-east-1",
+            "endpoint_url": moto.endpoint,
+        },
     )
     with pytest.raises(KmsConfigError) as err:
-        unknown.encrypt(b"k" * 32, {"tenant_id": "alpha", "purpose": "signing", "version": "1", "kid": "x"})
+        unknown.encrypt(
+            b"k" * 32, {"tenant_id": "alpha", "purpose": "signing", "version": "1", "kid": "x"}
+        )
     assert err.value.code == ErrorCode.KMS_KEY_NOT_FOUND
     assert err.value.provider_code
     assert not unknown.health().ok

@@ -28,12 +28,26 @@ def store(request: pytest.FixtureRequest) -> Iterator[KeyStore]:
     made.close()
 
 
-def version(tenant: str = "acme", number: int = 1, purpose: Purpose = Purpose.SIGNING,
-            status: Status = Status.ACTIVE, rotate_after: datetime | None = None) -> KeyVersion:
+def version(
+    tenant: str = "acme",
+    number: int = 1,
+    purpose: Purpose = Purpose.SIGNING,
+    status: Status = Status.ACTIVE,
+    rotate_after: datetime | None = None,
+) -> KeyVersion:
     return KeyVersion(
-        tenant_id=tenant, purpose=purpose, version=number, kid=f"{tenant}-{purpose.value}-{number}",
-        algorithm="EdDSA", status=status, created_at=NOW, rotate_after=rotate_after or NOW + timedelta(days=90),
-        provider="local", provider_key_id="local:x", public_key=b"pub", wrapped_secret=b"ws",
+        tenant_id=tenant,
+        purpose=purpose,
+        version=number,
+        kid=f"{tenant}-{purpose.value}-{number}",
+        algorithm="EdDSA",
+        status=status,
+        created_at=NOW,
+        rotate_after=rotate_after or NOW + timedelta(days=90),
+        provider="local",
+        provider_key_id="local:x",
+        public_key=b"pub",
+        wrapped_secret=b"ws",
         wrapped_data_key=b"wd" + bytes([number]),
     )
 
@@ -47,7 +61,11 @@ def test_round_trip_and_timezones(store: KeyStore) -> None:
 
 def test_database_enforces_one_active_version(store: KeyStore) -> None:
     store.add_first([version()])
-    row = {c.name: getattr(version(number=2), c.name, None) for c in key_versions.columns if c.name != "id"}
+    row = {
+        c.name: getattr(version(number=2), c.name, None)
+        for c in key_versions.columns
+        if c.name != "id"
+    }
     row.update(purpose="signing", status="active")
     with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
         conn.execute(key_versions.insert(), [row])  # bypasses the code: the index refuses it
@@ -100,13 +118,17 @@ def test_revoke_with_replacement(store: KeyStore) -> None:
     assert current is not None
     assert store.revoke(current, NOW, version(number=2))
     revoked = store.by_kid("acme", current.kid)
-    assert revoked is not None and revoked.status is Status.REVOKED and revoked.wrapped_secret is None
+    assert (
+        revoked is not None and revoked.status is Status.REVOKED and revoked.wrapped_secret is None
+    )
     assert store.revoke(current, NOW, None) is False  # already changed
 
 
 def test_due_pages_through_overdue_active_keys(store: KeyStore) -> None:
     for i in range(7):
-        store.add_first([version(tenant=f"t{i}", rotate_after=NOW - timedelta(days=1) if i % 2 == 0 else None)])
+        store.add_first(
+            [version(tenant=f"t{i}", rotate_after=NOW - timedelta(days=1) if i % 2 == 0 else None)]
+        )
     seen, after = [], 0
     while page := store.due(NOW, limit=2, after_id=after):
         seen.extend(v.tenant_id for _, v in page)

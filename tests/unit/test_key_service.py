@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tenantkeys.errors import ErrorCode, IntegrityError, InvalidRequest, KeyNotFound, KeyRevoked, VerificationError
+from tenantkeys.errors import (
+    ErrorCode,
+    IntegrityError,
+    InvalidRequest,
+    KeyNotFound,
+    KeyRevoked,
+    VerificationError,
+)
 from tenantkeys.keys.envelope import Sealed, open_sealed
 from tenantkeys.keys.model import Purpose, Status
 from tenantkeys.keys.service import KeyService
@@ -64,7 +71,9 @@ def test_rotation_keeps_old_signatures_verifying_and_destroys_old_private_key(
     assert new.kid != old.kid
     assert service.verify("acme", b"p", old.jws).status == "retired"
     retired = service.store.by_kid("acme", old.kid)
-    assert retired is not None and retired.wrapped_secret is None and retired.wrapped_data_key is None
+    assert (
+        retired is not None and retired.wrapped_secret is None and retired.wrapped_data_key is None
+    )
     assert retired.public_key is not None
     # A rotation that expected version 1 is now a no-op: never twice for the same period.
     assert service.rotate("acme", "signing", expected_version=1).rotated is False
@@ -102,9 +111,13 @@ def test_signature_of_one_tenant_never_verifies_as_another(service: KeyService) 
     # Forge the tenant header to claim beta: the kid is unknown to beta.
     import base64
 
-    header = base64.urlsafe_b64encode(
-        json.dumps({"alg": "EdDSA", "kid": sig.kid, "tenant_id": "beta"}).encode()
-    ).rstrip(b"=").decode()
+    header = (
+        base64.urlsafe_b64encode(
+            json.dumps({"alg": "EdDSA", "kid": sig.kid, "tenant_id": "beta"}).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
     forged = header + "." + sig.jws.split(".", 1)[1]
     with pytest.raises(VerificationError) as err:
         service.verify("beta", b"p", forged)
@@ -143,9 +156,13 @@ def test_unknown_kid_in_a_valid_jws(service: KeyService) -> None:
     service.store.engine.dispose()
     import base64
 
-    header = base64.urlsafe_b64encode(
-        json.dumps({"alg": "EdDSA", "kid": "A" * 43, "tenant_id": "acme"}).encode()
-    ).rstrip(b"=").decode()
+    header = (
+        base64.urlsafe_b64encode(
+            json.dumps({"alg": "EdDSA", "kid": "A" * 43, "tenant_id": "acme"}).encode()
+        )
+        .rstrip(b"=")
+        .decode()
+    )
     with pytest.raises(VerificationError) as err:
         service.verify("acme", b"p", header + "." + sig.jws.split(".", 1)[1])
     assert err.value.code == ErrorCode.UNKNOWN_KID

@@ -35,7 +35,10 @@ def test_detached_form_drops_only_the_payload() -> None:
     jws = signing.sign_compact(rfc_key(), {"alg": "EdDSA"}, payload)
     protected, middle, sig = jws.split(".")
     assert (protected, middle, sig) == (
-        VECTORS["jws"]["protected_b64url"], "", VECTORS["jws"]["signature_b64url"])
+        VECTORS["jws"]["protected_b64url"],
+        "",
+        VECTORS["jws"]["signature_b64url"],
+    )
 
 
 def test_verify_rfc_signature_and_reject_tampering() -> None:

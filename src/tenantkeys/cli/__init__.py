@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
-        hint = f" (try: tenantkeys {exc.ctx.command_path.partition(' ')[2]} --help)" if exc.ctx else ""
+        hint = (
+            f" (try: tenantkeys {exc.ctx.command_path.partition(' ')[2]} --help)" if exc.ctx else ""
+        )
         click.echo(f"{ErrorCode.INVALID_ARGUMENT}: {exc.format_message()}{hint}", err=True)
         sys.exit(EXIT_ERROR)
     except click.ClickException as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -33,11 +35,17 @@ payload_options = [
     click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False)),
     click.option("--data", "data"),
     click.argument("stdin", required=False),
-    click.option("--canonical-json", is_flag=True, help="Sign the RFC 8785 form of a JSON payload."),
+    click.option(
+        "--canonical-json", is_flag=True, help="Sign the RFC 8785 form of a JSON payload."
+    ),
 ]
 
 
-def with_payload(fn):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_payload(fn: F) -> F:
+    """The payload options shared by ``sign`` and ``verify``."""
     for option in reversed(payload_options):
         fn = option(fn)
     return fn
@@ -48,8 +56,13 @@ def with_payload(fn):  # type: ignore[no-untyped-def]
 @click.option("--via-queue", is_flag=True, help="Send the job through the broker to a worker.")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
 def sign_command(
-    tenant_id: str, file: Path | None, data: str | None, stdin: str | None,
-    canonical_json: bool, via_queue: bool, timeout: float,
+    tenant_id: str,
+    file: Path | None,
+    data: str | None,
+    stdin: str | None,
+    canonical_json: bool,
+    via_queue: bool,
+    timeout: float,
 ) -> None:
     """Sign a payload with the tenant's active key; print one JSON object."""
     payload = read_payload(file, data, stdin)
@@ -67,8 +80,12 @@ def sign_command(
 @with_payload
 @click.option("--jws", required=True, help="The compact JWS (detached or not).")
 def verify_command(
-    tenant_id: str, file: Path | None, data: str | None, stdin: str | None,
-    canonical_json: bool, jws: str,
+    tenant_id: str,
+    file: Path | None,
+    data: str | None,
+    stdin: str | None,
+    canonical_json: bool,
+    jws: str,
 ) -> None:
     """Exit 0 when the JWS verifies for this tenant; 1 with the reason on stderr when not."""
     payload = read_payload(file, data, stdin)
@@ -79,8 +96,15 @@ def verify_command(
             raise
         click.echo(f"invalid: {exc.one_line()}", err=True)
         sys.exit(1)
-    emit({"valid": True, "tenant_id": result.tenant_id, "kid": result.kid,
-          "version": result.version, "status": result.status})
+    emit(
+        {
+            "valid": True,
+            "tenant_id": result.tenant_id,
+            "kid": result.kid,
+            "version": result.version,
+            "status": result.status,
+        }
+    )
 
 
 @click.command("jwks")

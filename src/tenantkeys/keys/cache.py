@@ -11,6 +11,7 @@ an invalidation is discarded (generation check), so a stale key is never cached 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -147,8 +148,12 @@ class WrappedKeyCache:
 
     def _failed(self, exc: Exception, what: str) -> None:
         self._down_until = time.monotonic() + self.RETRY_AFTER_SECONDS
-        log.warning("L2 cache %s (%s); using the key store for %.0f s", what,
-                    type(exc).__name__, self.RETRY_AFTER_SECONDS)
+        log.warning(
+            "L2 cache %s (%s); using the key store for %.0f s",
+            what,
+            type(exc).__name__,
+            self.RETRY_AFTER_SECONDS,
+        )
 
     def generation(self, tenant_id: str, purpose: str) -> str | None:
         if not self._usable():
@@ -232,7 +237,7 @@ class InvalidationListener:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self._channel)
                 self._ready.set()
@@ -244,10 +249,8 @@ class InvalidationListener:
                 log.warning("invalidation listener lost Redis (%s); retrying", type(exc).__name__)
                 self._stop.wait(1.0)
             finally:
-                try:
+                with contextlib.suppress(redis.RedisError):
                     pubsub.close()
-                except redis.RedisError:
-                    pass
 
     def _handle(self, message: dict[str, Any]) -> None:
         try:
@@ -263,6 +266,7 @@ class InvalidationListener:
 
 def version_to_record(version: KeyVersion) -> dict[str, Any]:
     """A JSON-safe record of a *wrapped* key version (for L2)."""
+
     def b64(value: bytes | None) -> str | None:
         return base64.b64encode(value).decode() if value is not None else None
 

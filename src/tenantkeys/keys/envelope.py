@@ -62,7 +62,9 @@ def open_sealed(sealed: Sealed, context: Context, provider: KmsProvider) -> byte
         data_key[:] = bytes(len(data_key))
 
 
-def rewrap(wrapped_data_key: bytes, context: Context, source: KmsProvider, target: KmsProvider) -> bytes:
+def rewrap(
+    wrapped_data_key: bytes, context: Context, source: KmsProvider, target: KmsProvider
+) -> bytes:
     """Unwrap a data key with ``source`` and wrap it with ``target``; the secret is untouched."""
     data_key = source.decrypt(wrapped_data_key, context)
     try:

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from tenantkeys import telemetry
 from tenantkeys.errors import ConfigurationError, ErrorCode
-from tenantkeys.telemetry import KmsOperation
 from tenantkeys.providers import Context, DataKey, KeyDescription, KmsProvider, create_provider
+from tenantkeys.telemetry import KmsOperation
 
 T = TypeVar("T")
 

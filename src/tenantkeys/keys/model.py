@@ -44,7 +44,8 @@ def parse_purpose(value: object) -> Purpose:
         return Purpose(str(value))
     except ValueError:
         raise InvalidRequest(
-            f"invalid purpose {str(value)[:40]!r}: use one of {', '.join(p.value for p in Purpose)}",
+            f"invalid purpose {str(value)[:40]!r}: use one of "
+            f"{', '.join(p.value for p in Purpose)}",
             code=ErrorCode.INVALID_PURPOSE,
         ) from None
 

@@ -104,9 +104,7 @@ class KeyServiceOptions:
     """The settings a KeyService needs (a subset of :class:`tenantkeys.config.Settings`)."""
 
     signing_algorithm: str = "EdDSA"
-    rotation_days: dict[str, int] = field(
-        default_factory=lambda: {"signing": 90, "encryption": 90}
-    )
+    rotation_days: dict[str, int] = field(default_factory=lambda: {"signing": 90, "encryption": 90})
     max_payload_bytes: int = 1_048_576
 
 
@@ -167,7 +165,9 @@ class KeyService:
             existing = self.store.active(tenant_id, purpose)
             if existing is None:
                 latest = self.store.versions(tenant_id, purpose)
-                version = self._new_version(tenant_id, purpose, latest[-1].version + 1 if latest else 1)
+                version = self._new_version(
+                    tenant_id, purpose, latest[-1].version + 1 if latest else 1
+                )
                 if not self.store.add_first([version]):
                     log.info("concurrent create for a tenant; using the winner's key")
                 existing = self.store.active(tenant_id, purpose)
@@ -228,15 +228,22 @@ class KeyService:
         if current is None:
             raise KeyNotFound(f"tenant {tenant_id!r} has no active {purpose.value} key")
         if expected_version is not None and current.version != expected_version:
-            return RotationResult(tenant_id, purpose.value, False, expected_version, current.version,
-                                  "already rotated")
+            return RotationResult(
+                tenant_id,
+                purpose.value,
+                False,
+                expected_version,
+                current.version,
+                "already rotated",
+            )
         if only_if_due and current.rotate_after > self.clock():
             return RotationResult(tenant_id, purpose.value, False, current.version, None, "not due")
         latest = self.store.versions(tenant_id, purpose)[-1].version
         new = self._new_version(tenant_id, purpose, latest + 1)
         if not self.store.rotate(current, new, self.clock()):
-            return RotationResult(tenant_id, purpose.value, False, current.version, None,
-                                  "rotated concurrently")
+            return RotationResult(
+                tenant_id, purpose.value, False, current.version, None, "rotated concurrently"
+            )
         self._invalidate(tenant_id, purpose)
         return RotationResult(tenant_id, purpose.value, True, current.version, new.version)
 
@@ -245,8 +252,9 @@ class KeyService:
         validate_tenant_id(tenant_id)
         version = self.store.by_kid(tenant_id, _check_kid(kid))
         if version is None:
-            raise KeyNotFound(f"tenant {tenant_id!r} has no key with kid {kid!r}",
-                              code=ErrorCode.UNKNOWN_KID)
+            raise KeyNotFound(
+                f"tenant {tenant_id!r} has no key with kid {kid!r}", code=ErrorCode.UNKNOWN_KID
+            )
         if version.status is Status.REVOKED:
             return version
         replacement = None
@@ -254,7 +262,9 @@ class KeyService:
             latest = self.store.versions(tenant_id, version.purpose)[-1].version
             replacement = self._new_version(tenant_id, version.purpose, latest + 1)
         if not self.store.revoke(version, self.clock(), replacement):
-            return self.revoke(tenant_id, kid)  # it changed under us (rotated): revoke what it is now
+            return self.revoke(
+                tenant_id, kid
+            )  # it changed under us (rotated): revoke what it is now
         self._invalidate(tenant_id, version.purpose)
         revoked = self.store.by_kid(tenant_id, kid)
         assert revoked is not None
@@ -270,7 +280,11 @@ class KeyService:
         data = self.check_payload(payload, canonical_json=canonical_json)
         key = self.active_key(tenant_id, Purpose.SIGNING)
         assert key.material is not None
-        header = {"alg": key.version.algorithm, "kid": key.version.kid, signing.TENANT_HEADER: tenant_id}
+        header = {
+            "alg": key.version.algorithm,
+            "kid": key.version.kid,
+            signing.TENANT_HEADER: tenant_id,
+        }
         jws = signing.sign_compact(key.material, header, data, detached=detached)
         return Signature(
             jws=jws,
@@ -349,11 +363,15 @@ class KeyService:
             nonce = ciphertext[start + size : start + size + 12]
             body = ciphertext[start + size + 12 :]
         except (ValueError, IndexError, UnicodeDecodeError):
-            raise InvalidRequest("not a tenantkeys ciphertext", code=ErrorCode.INVALID_ENCODING) from None
+            raise InvalidRequest(
+                "not a tenantkeys ciphertext", code=ErrorCode.INVALID_ENCODING
+            ) from None
         key = self._key_by_kid(tenant_id, kid, Purpose.ENCRYPTION)
         assert key.secret is not None
         try:
-            return AESGCM(key.secret).decrypt(nonce, body, _data_aad(tenant_id, kid, associated_data))
+            return AESGCM(key.secret).decrypt(
+                nonce, body, _data_aad(tenant_id, kid, associated_data)
+            )
         except InvalidTag:
             raise IntegrityError(
                 "ciphertext does not open: wrong tenant, wrong associated data, or tampered",
@@ -368,8 +386,10 @@ class KeyService:
         generation = self.l1.generation(tenant_id, purpose.value)
         version = self.store.by_kid(tenant_id, _check_kid(kid))
         if version is None or version.purpose is not purpose:
-            raise KeyNotFound(f"tenant {tenant_id!r} has no {purpose.value} key {kid!r}",
-                              code=ErrorCode.UNKNOWN_KID)
+            raise KeyNotFound(
+                f"tenant {tenant_id!r} has no {purpose.value} key {kid!r}",
+                code=ErrorCode.UNKNOWN_KID,
+            )
         unlocked = self._unlock(version)
         self.l1.put(cache_key, unlocked, scope=(tenant_id, purpose.value), generation=generation)
         return unlocked
@@ -385,7 +405,11 @@ class KeyService:
             kid, algorithm, public = material.kid, material.algorithm, material.public_bytes
         else:
             secret = bytearray(os.urandom(_AES_KEY_BYTES))
-            kid, algorithm, public = "enc-" + signing.b64url(os.urandom(16)), ENCRYPTION_ALGORITHM, None
+            kid, algorithm, public = (
+                "enc-" + signing.b64url(os.urandom(16)),
+                ENCRYPTION_ALGORITHM,
+                None,
+            )
         draft = KeyVersion(
             tenant_id=tenant_id,
             purpose=purpose,
@@ -439,7 +463,9 @@ class KeyService:
 
 def _data_aad(tenant_id: str, kid: str, associated_data: bytes) -> bytes:
     # Tenant binding: the tenant and kid take part in the AEAD along with the caller's data.
-    return canonical_context({"tenant_id": tenant_id, "kid": kid}) + b"\x00" + bytes(associated_data)
+    return (
+        canonical_context({"tenant_id": tenant_id, "kid": kid}) + b"\x00" + bytes(associated_data)
+    )
 
 
 def _check_kid(kid: object) -> str:

@@ -92,7 +92,9 @@ class KeyStore:
             query = query.where(_T.c.purpose == purpose.value)
         return self._all(query.order_by(_T.c.purpose, _T.c.version))
 
-    def due(self, now: datetime, *, limit: int = 500, after_id: int = 0) -> list[tuple[int, KeyVersion]]:
+    def due(
+        self, now: datetime, *, limit: int = 500, after_id: int = 0
+    ) -> list[tuple[int, KeyVersion]]:
         """Active versions past ``rotate_after``, in id order, one page after ``after_id``."""
         query = (
             sa.select(_T)

@@ -42,9 +42,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "status IN ('active', 'retired', 'revoked')", name="ck_key_versions_status"
         ),
-        sa.CheckConstraint(
-            "purpose IN ('signing', 'encryption')", name="ck_key_versions_purpose"
-        ),
+        sa.CheckConstraint("purpose IN ('signing', 'encryption')", name="ck_key_versions_purpose"),
         sa.CheckConstraint("version >= 1", name="ck_key_versions_version"),
     )
     op.create_index(
