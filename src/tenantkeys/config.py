@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     kms_provider: str = "local"
+    #: Old provider: opens keys not yet re-wrapped until `keys rewrap` ends; needs its settings.
+    previous_kms_provider: str | None = None
 
     database_url: str = "sqlite:///./.tenantkeys/keys.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -148,10 +150,22 @@ class Settings(BaseSettings):
     #: Keys read per page by the sweep; bounded so one sweep never loads the whole registry.
     rotation_sweep_page_size: int = Field(default=500, ge=1, le=100_000)
 
-    @field_validator("kms_provider")
+    # -- ops API (issue 5) -------------------------------------------------------------------
+    #: KMS health is cached this long: a burst of probes costs one KMS call, yet a stopped KMS
+    #: shows as DOWN within one interval.
+    kms_health_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    #: A health check waits this long for the KMS, then reports DOWN (the call finishes in the
+    #: background); keeps /health/* under a probe's timeout when the KMS hangs.
+    health_check_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("kms_provider", "previous_kms_provider")
     @classmethod
-    def _known_provider(cls, value: str) -> str:
+    def _known_provider(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         value = value.strip().lower()
+        if not value:
+            return None  # an empty PREVIOUS_KMS_PROVIDER means "none"
         if value not in SUPPORTED:
             raise ValueError(
                 f"unknown KMS provider {value!r}; supported providers: {', '.join(SUPPORTED)}"
@@ -177,6 +191,29 @@ class Settings(BaseSettings):
         if provider == "vault" and self.vault_auth == "kubernetes":
             required.append("vault_kubernetes_role")
         return [ENV_PREFIX + name.upper() for name in required if getattr(self, name) in (None, "")]
+
+    @property
+    def configured_providers(self) -> tuple[str, ...]:
+        """The providers stored keys may name: the current one, then the previous one if set."""
+        previous = self.previous_kms_provider
+        if previous is None or previous == self.kms_provider:
+            return (self.kms_provider,)
+        return (self.kms_provider, previous)
+
+    def stored_key_options(self, provider: str) -> dict[str, Any]:
+        """Options of the provider a stored key names; only a configured one, never a fallback."""
+        if provider not in self.configured_providers:
+            previous = self.previous_kms_provider or "unset"
+            raise ConfigurationError(
+                f"a stored key is wrapped by the {provider!r} KMS provider, which is neither "
+                f"TENANTKEYS_KMS_PROVIDER ({self.kms_provider!r}) nor "
+                f"TENANTKEYS_PREVIOUS_KMS_PROVIDER ({previous}); set "
+                f"TENANTKEYS_PREVIOUS_KMS_PROVIDER={provider} with its settings until "
+                f"`tenantkeys keys rewrap --to {self.kms_provider}` has finished",
+                code=ErrorCode.CONFIG_MISSING_SETTING,
+                provider=provider,
+            )
+        return self.provider_options(provider)
 
     def provider_options(self, provider: str) -> dict[str, Any]:
         """Constructor arguments of ``provider``; raises if its settings are incomplete."""
@@ -239,7 +276,8 @@ class Settings(BaseSettings):
                 f"{others}",
                 code=ErrorCode.CONFIG_LOCAL_IN_PRODUCTION,
             )
-        self.provider_options(self.kms_provider)
+        for provider in self.configured_providers:
+            self.provider_options(provider)
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration for display: secrets and URL passwords masked."""
@@ -272,7 +310,7 @@ def load_settings(**overrides: Any) -> Settings:
         code = ErrorCode.CONFIG_INVALID
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
-            if field == "kms_provider":
+            if field in ("kms_provider", "previous_kms_provider"):
                 code = ErrorCode.CONFIG_UNKNOWN_PROVIDER
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")

@@ -66,7 +66,7 @@ def build_runtime(
     store = KeyStore.from_url(settings.database_url)
     if migrate:
         store.migrate()
-    providers = ProviderSet(settings.kms_provider, settings.provider_options, guard)
+    providers = ProviderSet(settings.kms_provider, settings.stored_key_options, guard)
     providers.current  # noqa: B018 - fail fast on a misconfigured provider
     client = redis_client(settings)
     l2: WrappedKeyCache | None = None

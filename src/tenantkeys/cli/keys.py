@@ -1,11 +1,15 @@
-"""``tenantkeys config check`` and ``tenantkeys keys create|list|rotate|revoke``."""
+"""``tenantkeys config check`` and ``tenantkeys keys create|list|rotate|revoke|rewrap``."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
 from tenantkeys.cli.context import emit, runtime, settings, version_info
-from tenantkeys.keys.model import Purpose, parse_purpose
+from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.keys.model import KeyVersion, Purpose, parse_purpose
+from tenantkeys.providers import SUPPORTED
 
 PURPOSES = click.Choice(["signing", "encryption", "all"])
 
@@ -78,3 +82,49 @@ def keys_rotate(tenant_id: str, purpose: str) -> None:
 def keys_revoke(tenant_id: str, kid: str) -> None:
     """Revoke a key version: its signatures stop verifying; an active one is replaced."""
     emit(version_info(runtime().service.revoke(tenant_id, kid)))
+
+
+@keys_group.command("rewrap")
+@click.option("--to", "target", required=True, type=click.Choice(SUPPORTED), help="Provider.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(0), help="Stop after N rows; run again to go on.")
+def keys_rewrap(target: str, batch_size: int, limit: int | None) -> None:
+    """Move every wrapped data key to another provider while workers keep signing.
+
+    First set TENANTKEYS_KMS_PROVIDER to the new provider and TENANTKEYS_PREVIOUS_KMS_PROVIDER
+    to the old one, with both providers' settings, in the workers and here; drop the previous
+    one once this reports "complete": true. Exit status 1 when a row failed.
+    """
+    from tenantkeys.keys.rewrap import Outcome, Rewrapper
+
+    loaded = settings()
+    if target not in loaded.configured_providers:
+        raise ConfigurationError(
+            f"rewrap --to {target}: workers could not open keys wrapped by {target!r}; set "
+            f"TENANTKEYS_KMS_PROVIDER={target} and TENANTKEYS_PREVIOUS_KMS_PROVIDER="
+            f"{loaded.kms_provider} (with both providers' settings) here and in the workers "
+            "first",
+            code=ErrorCode.CONFIG_MISSING_SETTING,
+        )
+    if target != loaded.kms_provider:
+        click.echo(
+            f"warning: new keys are still wrapped by {loaded.kms_provider!r} "
+            f"(TENANTKEYS_KMS_PROVIDER); they will need another rewrap",
+            err=True,
+        )
+    rewrapper = Rewrapper(runtime().service, target, batch_size=batch_size, limit=limit)
+    total = rewrapper.pending()
+    with click.progressbar(
+        length=total if limit is None else min(total, limit),
+        label=f"re-wrapping under {target}",
+        file=sys.stderr,
+    ) as bar:
+
+        def advance(_row: KeyVersion, _outcome: Outcome) -> None:
+            bar.update(1)
+
+        rewrapper.on_row = advance
+        report = rewrapper.run()
+    emit(report.to_dict())
+    if report.failed:
+        sys.exit(1)  # ran, but some rows failed (each is listed with its code)

@@ -31,6 +31,10 @@ from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, cano
 ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 POLICY_DOC = "docs/setup/GCP_KMS_SETUP.md#iam"
 _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+#: ``TENANTKEYS_GCP_ENDPOINT=insecure://127.0.0.1:PORT``: plaintext gRPC, no credentials, for a
+#: loopback stand-in (tests, local emulators) only; any other host is refused.
+INSECURE_SCHEME = "insecure://"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class GcpKmsProvider(KmsProvider):
@@ -49,6 +53,8 @@ class GcpKmsProvider(KmsProvider):
     ) -> None:
         self._key_name = key_name
         self._timeout = timeout
+        if transport is None and endpoint and endpoint.startswith(INSECURE_SCHEME):
+            transport = _loopback_transport(endpoint)
         with _translate("connect"):
             if transport is not None:  # tests hand in a transport on a loopback channel
                 self._client = kms.KeyManagementServiceClient(transport=transport)
@@ -130,6 +136,26 @@ class GcpKmsProvider(KmsProvider):
 
     def close(self) -> None:
         self._client.transport.close()  # type: ignore[no-untyped-call]
+
+
+def _loopback_transport(endpoint: str) -> Any:
+    """A plaintext gRPC transport to a loopback ``insecure://HOST:PORT``, refused elsewhere."""
+    import grpc  # type: ignore[import-untyped]
+    from google.cloud.kms_v1.services.key_management_service.transports.grpc import (
+        KeyManagementServiceGrpcTransport,
+    )
+
+    target = endpoint.removeprefix(INSECURE_SCHEME).rstrip("/")
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if host not in _LOOPBACK_HOSTS or not port.isdigit():
+        raise KmsConfigError(
+            f"TENANTKEYS_GCP_ENDPOINT {endpoint!r}: the {INSECURE_SCHEME} scheme (no TLS, no "
+            "credentials) is allowed only for a loopback HOST:PORT such as 127.0.0.1:8443",
+            code=ErrorCode.CONFIG_INVALID,
+            provider="gcp",
+        )
+    return KeyManagementServiceGrpcTransport(channel=grpc.insecure_channel(target))
 
 
 def crc32c(data: bytes) -> int:
