@@ -8,11 +8,12 @@ names the missing settings and links the doc section. There is no fallback to ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tenantkeys.errors import ConfigurationError, ErrorCode
@@ -293,6 +294,30 @@ class Settings(BaseSettings):
             shown[ENV_PREFIX + name.upper()] = value
         return shown
 
+    # -- worker metrics, Flower (issue 5, workers side) -------------------------------------
+    #: Port of the worker's own /metrics (its pool's merged values plus the shared-state
+    #: gauges); 9808 is what the scrape config and manifests expect. 0 turns it off, e.g.
+    #: for a second worker on the same host.
+    worker_metrics_port: int = Field(default=9808, ge=0, le=65_535)
+    #: Flower's basic auth, ``user:password`` (several comma-separated); Flower's own
+    #: FLOWER_BASIC_AUTH is accepted too. Without it `tenantkeys flower` only binds loopback.
+    flower_basic_auth: SecretStr | None = Field(
+        default=None,
+        # The field name also matches Flower's FLOWER_BASIC_AUTH (names are case-insensitive).
+        validation_alias=AliasChoices(f"{ENV_PREFIX}FLOWER_BASIC_AUTH", "flower_basic_auth"),
+    )
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _user_colon_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        for credential in value.get_secret_value().split(","):
+            user, colon, password = credential.partition(":")
+            if not (user and colon and password):
+                raise ValueError("must be user:password (several separated by commas)")
+        return value
+
 
 def _mask_url(url: str) -> str:
     scheme, _, rest = url.partition("://")
@@ -317,3 +342,8 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError("invalid settings: " + "; ".join(problems), code=code) from None
     settings.check()
     return settings
+
+
+def environment_with(**variables: str) -> dict[str, str]:
+    """This process's environment plus ``variables``: for a child process or an exec."""
+    return {**os.environ, **variables}

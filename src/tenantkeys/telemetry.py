@@ -237,6 +237,28 @@ def record_rotation(purpose: Purpose, outcome: RotationOutcome) -> None:
     ).inc()
 
 
+def prime(provider: str) -> None:
+    """Export every known label set at 0, so ratios and alerts see 0, not "no data".
+
+    Prometheus' instrumentation guide: initialise labelled metrics to zero at start-up. The
+    API and the worker (its parent, before the pool forks) call this once at start.
+    """
+    _check("provider", provider, PROVIDERS)
+    for operation in get_args(KmsOperation):
+        KMS_DURATION.labels(provider, operation)
+        for outcome in get_args(KmsOutcome):
+            KMS_REQUESTS.labels(provider, operation, outcome)
+    KMS_COST.labels(provider)
+    for layer in get_args(CacheLayer):
+        for result in get_args(CacheResult):
+            CACHE_LOOKUPS.labels(layer, result)
+    for outcome in get_args(SignatureOutcome):
+        SIGNATURES.labels(outcome)
+    for purpose in get_args(Purpose):
+        for rotation in get_args(RotationOutcome):
+            ROTATIONS.labels(purpose, rotation)
+
+
 def set_build_info(version: str, provider: str) -> None:
     """Publish ``tenantkeys_build_info{version, provider} 1`` (one series per deployment)."""
     BUILD_INFO.labels(version, _check("provider", provider, PROVIDERS)).set(1)

@@ -12,11 +12,12 @@ child after the fork (``worker_process_init``): exporter threads and sockets do 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from opentelemetry import trace
+from opentelemetry.propagate import extract
 from opentelemetry.sdk._configuration import _get_exporter_names, _import_exporters
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -64,6 +65,16 @@ def _env_exporters() -> list[SpanExporter]:
     return [cls() for cls in classes.values()]
 
 
+def ensure_tracing(service_name: str) -> None:
+    """:func:`setup_tracing` unless this process already has a tracer provider (ours or its own).
+
+    For libraries such as the producer client: an application that set up OpenTelemetry
+    keeps its provider; one that did not gets ours, with the ``OTEL_*`` exporter choice.
+    """
+    if _provider is None and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        setup_tracing(service_name)
+
+
 def shutdown_tracing() -> None:
     """Flush and stop the exporters (call at process exit)."""
     if _provider is not None:
@@ -107,3 +118,33 @@ def instrument_celery() -> None:
     instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
+
+
+@contextmanager
+def job_span(
+    task_name: str, job_id: str, headers: Mapping[str, Any] | None
+) -> Iterator[trace.Span]:
+    """A consumer span for one job of a batched task, continuing its producer's trace.
+
+    celery-batches hands many messages to one task call, so the Celery instrumentation sees
+    only the batch (a trace of its own) and none of the jobs' contexts. Each job gets this
+    span instead: a child of the context its message carries (the W3C ``traceparent``
+    header), linked to the batch span. A message without one makes a child of the batch.
+    """
+    carrier = {key: value for key, value in (headers or {}).items() if isinstance(value, str)}
+    incoming = extract(carrier)
+    from_message = trace.get_current_span(incoming).get_span_context().is_valid
+    batch = trace.get_current_span().get_span_context()
+    links = [trace.Link(batch)] if from_message and batch.is_valid else None
+    with tracer().start_as_current_span(
+        f"run/{task_name}",
+        context=incoming if from_message else None,
+        kind=trace.SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "celery.action": "run",
+            "celery.task_name": task_name,
+            "messaging.message.id": job_id,
+        },
+    ) as span:
+        yield span

@@ -117,7 +117,8 @@ class KmsProvider(abc.ABC):
             return HealthReport(self.name, self.key_id, False, _ms(started), detail)
         if not description.enabled:
             disabled = KmsConfigError(
-                f"KMS key {self.key_id} is disabled", code=ErrorCode.KMS_KEY_DISABLED,
+                f"KMS key {self.key_id} is disabled",
+                code=ErrorCode.KMS_KEY_DISABLED,
                 provider=self.name,
             )
             return HealthReport(self.name, self.key_id, False, _ms(started), disabled.one_line())

@@ -1,0 +1,282 @@
+"""End-to-end scenarios through real Celery workers: 3, 4, 10 and the worker side of 11.
+
+Every job is timed from just before it is published to when its result is stored (seen on the
+backend's publication). The producer is one thread of this process, on the same 2 cores as the
+workers and Redis, as an upstream service on the same host would be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+import uuid
+from typing import Any
+
+from bench.celery_stack import RABBITMQ_URL, Collector, Workers, rabbitmq_vhost, workers
+from bench.env import BenchEnv
+from bench.harness import PAYLOAD, Mode, ScenarioResult, percentiles, thin
+from bench.library import scenario_11_library
+from bench.plain_worker import TASK as PLAIN_TASK
+from tenantkeys import jobs
+
+TENANTS = 10
+ENCODED = jobs.encode_payload(PAYLOAD)
+#: Longest wait for one burst's results; a worker that stops answering fails the scenario.
+RESULT_TIMEOUT = 600.0
+
+
+def _need_redis(env: BenchEnv, result: ScenarioResult) -> bool:
+    if not env.redis_ok:
+        result.status, result.reason = "skipped", f"Redis does not answer at {env.redis_url}"
+    return env.redis_ok
+
+
+def _send(w: Workers, tenant: str, plain_queue: str | None) -> str:
+    if plain_queue is None:
+        return str(w.client.submit(tenant, PAYLOAD).job_id)
+    job_id = str(uuid.uuid4())
+    w.client.app.send_task(
+        PLAIN_TASK,
+        kwargs={"tenant_id": tenant, "payload": ENCODED},
+        task_id=job_id,
+        queue=plain_queue,
+    )
+    return job_id
+
+
+def _ready(w: Workers, tenants: list[str], plain_queue: str | None = None) -> None:
+    """Wait for the worker (first job), then warm the L1 of every pool process."""
+
+    def wait(job_id: str, timeout: float) -> None:
+        if plain_queue is None:
+            w.client.wait(job_id, timeout)
+        else:  # plain results are not envelopes
+            w.client.app.AsyncResult(job_id).get(timeout=timeout)
+
+    wait(_send(w, tenants[0], plain_queue), 120)
+    for job in [_send(w, t, plain_queue) for t in tenants * 8]:
+        wait(job, 60)
+
+
+def single_burst(
+    w: Workers, collector: Collector, tenants: list[str], count: int, plain_queue: str | None = None
+) -> dict[str, Any]:
+    """Publish ``count`` single-payload jobs as fast as one thread can; time until all are done."""
+    ids: list[str] = []
+    started = time.perf_counter()
+    for i in range(count):
+        sent_at = time.perf_counter()
+        job_id = _send(w, tenants[i % len(tenants)], plain_queue)
+        collector.track(job_id, sent_at)
+        ids.append(job_id)
+    published = time.perf_counter()
+    if not collector.wait(ids, RESULT_TIMEOUT):
+        raise TimeoutError(f"results of {count} jobs did not all arrive")
+    elapsed = collector.last_done(ids) - started
+    latencies = collector.latencies_ms(ids)
+    return {
+        "jobs": count,
+        "jobs_per_s": round(count / elapsed, 1),
+        "producer_publish_per_s": round(count / (published - started), 1),
+        "failed": collector.failed,
+        **percentiles(latencies),
+    }
+
+
+def batch_sweep(
+    w: Workers, collector: Collector, tenants: list[str], mode: Mode
+) -> list[dict[str, Any]]:
+    """``sign_batch`` jobs of each size: signatures per second, end to end."""
+    rows = []
+    for size in mode.batch_sweep:
+        count = max(2, min(mode.sweep_max_jobs, mode.sweep_signatures // size))
+        ids: list[str] = []
+        started = time.perf_counter()
+        for i in range(count):
+            items = [{"tenant_id": tenants[i % len(tenants)], "payload": ENCODED}] * size
+            sent_at = time.perf_counter()
+            job_id = w.client.send(jobs.SIGN_BATCH, {"items": items})
+            collector.track(job_id, sent_at)
+            ids.append(job_id)
+        if not collector.wait(ids, RESULT_TIMEOUT):
+            raise TimeoutError(f"results of {count} batch jobs did not all arrive")
+        elapsed = collector.last_done(ids) - started
+        latency = percentiles(collector.latencies_ms(ids))
+        rows.append(
+            {
+                "batch_size": size,
+                "jobs": count,
+                "signatures_per_s": round(count * size / elapsed, 1),
+                "job_p50_ms": latency["p50_ms"],
+                "job_p99_ms": latency["p99_ms"],
+            }
+        )
+    return rows
+
+
+def _broker_run(env: BenchEnv, mode: Mode, tenants: list[str], url: str | None) -> dict[str, Any]:
+    with workers(env, broker_url=url) as w:
+        _ready(w, tenants)
+        collector = Collector(w)
+        try:
+            single = single_burst(w, collector, tenants, mode.single_jobs)
+            sweep = batch_sweep(w, collector, tenants, mode)
+        finally:
+            collector.close()
+    return {"single": single, "sweep": sweep}
+
+
+def _rabbitmq_up() -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", 5672)) == 0
+
+
+def scenario_3(env: BenchEnv, mode: Mode) -> ScenarioResult:
+    """Single-payload jobs and a batch-size sweep, on Redis and then on RabbitMQ."""
+    result = ScenarioResult("3", "End to end through Celery: single jobs and batch sweep")
+    if not _need_redis(env, result):
+        return result
+    tenants = env.tenants(TENANTS)
+    redis_run = _broker_run(env, mode, tenants, None)
+    result.metrics["redis"] = redis_run["single"]
+    result.series["sweep_redis"] = redis_run["sweep"]
+    if _rabbitmq_up():
+        try:
+            with rabbitmq_vhost() as vhost:
+                rabbit = _broker_run(env, mode, tenants, RABBITMQ_URL.format(vhost=vhost))
+            result.metrics["rabbitmq"] = rabbit["single"]
+            result.series["sweep_rabbitmq"] = rabbit["sweep"]
+        except Exception as exc:  # RabbitMQ is optional; Redis numbers stand alone
+            result.notes.append(f"RabbitMQ part failed: {type(exc).__name__}: {exc}"[:300])
+    else:
+        result.notes.append("RabbitMQ does not answer on 127.0.0.1:5672; its part was skipped")
+    single_rate = redis_run["single"]["jobs_per_s"]
+    best = max(redis_run["sweep"], key=lambda row: row["signatures_per_s"])
+    result.metrics.update(
+        single_jobs_per_s=single_rate,
+        batched_best_per_s=best["signatures_per_s"],
+        batched_best_size=best["batch_size"],
+        p50_ms=redis_run["single"].get("p50_ms"),
+        p99_ms=redis_run["single"].get("p99_ms"),
+    )
+    env.shared["max_single_job_rate"] = single_rate
+    result.headline = best["signatures_per_s"]
+    result.notes.append("headline = best batched rate on Redis; single jobs in metrics")
+    return result
+
+
+def scenario_4(env: BenchEnv, mode: Mode) -> ScenarioResult:
+    """Plain Celery: one ordinary task per payload (same KeyService, no aggregation)."""
+    result = ScenarioResult(
+        "4", "Plain Celery baseline: one ordinary task per payload", unit="jobs/s"
+    )
+    if not _need_redis(env, result):
+        return result
+    tenants = env.tenants(TENANTS)
+    queue = f"{env.prefix}.plain"
+    with workers(env, plain_queue=queue) as w:
+        _ready(w, tenants, queue)
+        collector = Collector(w)
+        try:
+            burst = single_burst(w, collector, tenants, mode.plain_jobs, queue)
+        finally:
+            collector.close()
+    result.metrics = burst
+    result.headline = burst["jobs_per_s"]
+    return result
+
+
+def _paced(
+    w: Workers, collector: Collector, tenants: list[str], rate: float, seconds: float
+) -> list[float]:
+    """Open loop: publish at ``rate`` jobs/s for ``seconds``; enqueue-to-result latencies."""
+    ids: list[str] = []
+    started = time.perf_counter()
+    count = max(10, int(rate * seconds))
+    for i in range(count):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent_at = time.perf_counter()
+        job_id = w.client.submit(tenants[i % len(tenants)], PAYLOAD).job_id
+        collector.track(job_id, sent_at)
+        ids.append(job_id)
+    if not collector.wait(ids, RESULT_TIMEOUT):
+        raise TimeoutError("paced results did not all arrive")
+    return collector.latencies_ms(ids)
+
+
+def scenario_10(env: BenchEnv, mode: Mode) -> ScenarioResult:
+    """p50 / p99 enqueue-to-result at 25, 50 and 75 % of the maximum single-job rate."""
+    result = ScenarioResult("10", "Latency enqueue-to-result at 25/50/75% of max rate", unit="ms")
+    if not _need_redis(env, result):
+        return result
+    tenants = env.tenants(TENANTS)
+    with workers(env) as w:
+        _ready(w, tenants)
+        collector = Collector(w)
+        try:
+            maximum = env.shared.get("max_single_job_rate")
+            if not maximum:
+                maximum = single_burst(w, collector, tenants, mode.single_jobs)["jobs_per_s"]
+                result.notes.append("maximum measured here (scenario 3 did not run)")
+            levels = []
+            for fraction in (0.25, 0.5, 0.75):
+                latencies = _paced(w, collector, tenants, maximum * fraction, mode.latency_seconds)
+                levels.append(
+                    {
+                        "fraction": fraction,
+                        "rate_per_s": round(maximum * fraction, 1),
+                        **percentiles(latencies),
+                        "samples_ms": thin(latencies, 1_000),
+                    }
+                )
+        finally:
+            collector.close()
+    result.series["levels"] = levels
+    half = next(level for level in levels if level["fraction"] == 0.5)
+    result.metrics = {
+        "max_single_job_rate": maximum,
+        "p50_ms": half["p50_ms"],
+        "p99_ms": half["p99_ms"],
+    }
+    result.headline = half["p99_ms"]
+    result.notes.append("headline = p99 at 50% of the maximum rate")
+    return result
+
+
+def scenario_11(env: BenchEnv, mode: Mode) -> ScenarioResult:
+    """RSS: a library process, then a worker pool process, each with ``rss_tenants`` in L1."""
+    result = scenario_11_library(env, mode)
+    if result.status != "ok" or not env.redis_ok:
+        return result
+    tenants = env.tenants(mode.rss_tenants)
+    single = dataclasses.replace(env.mode, worker_concurrency=1)
+    saved, env.mode = env.mode, single  # one pool process: it sees every tenant
+    try:
+        with workers(env) as w:
+            _ready(w, tenants[:1])
+            before = max(w.pool_rss_mb() or [0.0])
+            for start in range(0, len(tenants), jobs.MAX_BATCH_ITEMS):
+                chunk = tenants[start : start + jobs.MAX_BATCH_ITEMS]
+                job = w.client.send(
+                    jobs.SIGN_BATCH,
+                    {"items": [{"tenant_id": t, "payload": ENCODED} for t in chunk]},
+                )
+                w.client.wait(job, timeout=RESULT_TIMEOUT)
+            after = w.pool_rss_mb() or [0.0]
+    finally:
+        env.mode = saved
+    result.metrics["worker"] = {
+        "tenants": len(tenants),
+        "rss_before_mb": before,
+        "rss_max_child_mb": max(after),
+        "growth_mb": round(max(after) - before, 1),
+    }
+    result.headline = max(after)
+    result.notes.append(
+        "headline = RSS of the worker's pool process (concurrency 1) after every tenant signed"
+    )
+    return result

@@ -1,0 +1,88 @@
+"""The targets of issue 7, checked against one results file (a report, never an assertion)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _metric(results: dict[str, Any], scenario: str, *path: str) -> Any:
+    found = results["scenarios"].get(scenario)
+    if not found or found.get("status") != "ok":
+        return None
+    value: Any = found["metrics"]
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def evaluate(results: dict[str, Any], refs: dict[str, float | None]) -> list[tuple[str, str, str]]:
+    """(target, measured, met) rows; "n/a" where this run did not measure it."""
+    rows: list[tuple[str, str, str]] = []
+    s1, s4, s7, s7b = refs["S1"], refs["S4"], refs["S7"], refs["S7b"]
+
+    batched = _metric(results, "3", "batched_best_per_s")
+    ok = None if batched is None or not s1 else batched >= 20_000 and batched >= 0.4 * s1
+    shown = f"{batched:,.0f}/s = {batched / s1:.2f} x S1" if batched and s1 else "-"
+    rows.append(("batched end to end >= 20,000 sig/s and >= 0.4 x S1", shown, _verdict(ok)))
+
+    single = _metric(results, "3", "single_jobs_per_s")
+    ok = None if single is None or not s4 else single >= 2_000 and single >= 4 * s4
+    shown = f"{single:,.0f} jobs/s = {single / s4:.2f} x S4" if single and s4 else "-"
+    rows.append(("single-payload jobs >= 2,000 jobs/s and >= 4 x S4", shown, _verdict(ok)))
+
+    p99 = None
+    for level in (results["scenarios"].get("10") or {}).get("series", {}).get("levels", []):
+        if level.get("fraction") == 0.5:
+            p99 = level.get("p99_ms")
+    rows.append(
+        (
+            "p99 enqueue-to-result <= 20 ms at 50% of max single-job rate",
+            f"{p99:.1f} ms" if p99 is not None else "-",
+            _verdict(None if p99 is None else p99 <= 20),
+        )
+    )
+
+    hit = _metric(results, "8", "as_fast_as_possible", "l1_hit_rate")
+    calls = _metric(results, "8", "as_fast_as_possible", "kms", "calls")
+    tenants = _metric(results, "8", "as_fast_as_possible", "tenants")
+    ok = None if hit is None else hit >= 0.999
+    rows.append(("S8 cache hits >= 99.9%", f"{hit:.4%}" if hit is not None else "-", _verdict(ok)))
+    per_tenant = calls / tenants if calls is not None and tenants else None
+    rows.append(
+        (
+            "<= 1 KMS call per tenant per process per TTL (S8, one process, < 1 TTL)",
+            f"{per_tenant:.2f}" if per_tenant is not None else "-",
+            _verdict(None if per_tenant is None else per_tenant <= 1.0),
+        )
+    )
+
+    ours = batched
+    label = "S3 batched"
+    if ours is None:
+        ours, label = _metric(results, "2", "one_tenant_per_s"), "S2 library"
+    ok = None if ours is None or not s7 else ours >= 10 * s7
+    shown = f"{label} {ours:,.0f}/s = {ours / s7:.1f} x" if ours and s7 else "-"
+    rows.append((">= 10 x Vault Transit per request", shown, _verdict(ok)))
+    ok = None if ours is None or not s7b else ours >= 3 * s7b
+    shown = f"{label} {ours:,.0f}/s = {ours / s7b:.1f} x" if ours and s7b else "-"
+    rows.append((">= 3 x Vault Transit batched", shown, _verdict(ok)))
+
+    rss = _metric(results, "11", "worker", "rss_max_child_mb")
+    label = "worker pool process"
+    if rss is None:
+        rss, label = _metric(results, "11", "library_process", "rss_after_mb"), "library process"
+    tenants = _metric(results, "11", "library_process", "tenants")
+    rows.append(
+        (
+            "worker RSS <= 200 MB with 10,000 tenants in L1",
+            f"{rss:.0f} MB ({label}, {tenants} tenants)" if rss is not None else "-",
+            _verdict(None if rss is None else rss <= 200),
+        )
+    )
+    return rows

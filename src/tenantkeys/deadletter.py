@@ -1,0 +1,393 @@
+"""The dead-letter store: jobs that failed for good, kept in Redis for review and replay.
+
+Layout, under ``{redis_prefix}:dlq:``: ``entry:{id}`` (a hash per entry), ``index`` (sorted
+set of live entry ids by first failure time), ``replaying`` (entries claimed by a replay, by
+claim time) and ``first:{job_id}`` (when a job first failed, kept across its retries).
+
+Entries show redacted arguments only (payload SHA-256 and size). The original arguments are
+kept *sealed* with AES-256-GCM under a dead-letter key of our own (a 0600 file), with the entry
+id as associated data, so a sealed blob cannot be swapped between entries. It is not a KMS key
+on purpose: jobs land here precisely when the KMS is out, and replaying them after the outage
+must not depend on the KMS having come back in the same state.
+
+Replay is atomic per entry: the id moves from ``index`` to ``replaying`` in one step, the job is
+published, then the entry is deleted. A replayer that dies in between leaves the entry in
+``replaying``; :meth:`DeadLetterStore.recover_stale` puts it back. So an entry is never gone
+without having been re-enqueued (at worst it is enqueued twice; job ids make that harmless).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tenantkeys.config import Settings
+from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
+
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
+#: How long the first-failure mark of a retrying job lives (longer than any retry sequence).
+_FIRST_FAILURE_TTL = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered job, as operators see it (never the payload)."""
+
+    id: str
+    task: str
+    job_id: str
+    tenant_id: str | None
+    arguments: dict[str, Any]
+    error_class: str
+    code: str
+    message: str
+    attempts: int
+    first_failure_at: float
+    last_failure_at: float
+    worker: str
+    provider: str | None = None
+    provider_code: str | None = None
+    doc: str | None = None
+    queue: str | None = None
+    replayable: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SealedJob:
+    """The original job of an entry, opened for replay."""
+
+    entry: DeadLetter
+    kwargs: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReplayReport:
+    replayed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ArgumentSealer:
+    """AES-256-GCM under the dead-letter key; associated data = the entry id."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != _KEY_BYTES:
+            raise ValueError("the dead-letter key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ArgumentSealer:
+        return cls(load_or_create_key(path))
+
+    def seal(self, entry_id: str, data: Mapping[str, Any]) -> str:
+        nonce = os.urandom(_NONCE_BYTES)
+        body = self._aead.encrypt(nonce, json.dumps(data).encode(), entry_id.encode())
+        return base64.b64encode(nonce + body).decode("ascii")
+
+    def open(self, entry_id: str, sealed: str) -> dict[str, Any]:
+        raw = base64.b64decode(sealed)
+        try:
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], entry_id.encode())
+        except InvalidTag:
+            raise ConfigurationError(
+                f"dead letter {entry_id} does not open: another TENANTKEYS_DEAD_LETTER_KEY_FILE "
+                "sealed it, or it was tampered with",
+                code=ErrorCode.CONFIG_INVALID,
+            ) from None
+        opened: dict[str, Any] = json.loads(plain)
+        return opened
+
+
+class DeadLetterStore:
+    """Add, list (:meth:`entries`), show (:meth:`get`), replay and purge; depth and oldest age."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        sealer: ArgumentSealer,
+        *,
+        stale_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._base = f"{prefix}:dlq"
+        self._index = f"{self._base}:index"
+        self._replaying = f"{self._base}:replaying"
+        self._sealer = sealer
+        self._stale = stale_seconds
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client: redis.Redis) -> DeadLetterStore:
+        return cls(
+            client,
+            settings.redis_prefix,
+            ArgumentSealer.from_file(settings.dead_letter_key_file),
+            stale_seconds=settings.dead_letter_replay_stale_seconds,
+        )
+
+    def _entry_key(self, entry_id: str) -> str:
+        return f"{self._base}:entry:{entry_id}"
+
+    # -- writing -------------------------------------------------------------------------
+
+    def note_failure(self, job_id: str) -> float:
+        """Record (once) when ``job_id`` first failed; return that time."""
+        key = f"{self._base}:first:{job_id}"
+        now = self._clock()
+        self._client.set(key, repr(now), nx=True, ex=_FIRST_FAILURE_TTL)
+        stored = self._client.get(key)
+        return float(stored) if stored else now
+
+    def forget_failures(self, job_id: str) -> None:
+        self._client.delete(f"{self._base}:first:{job_id}")
+
+    def add(
+        self,
+        *,
+        task: str,
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        arguments: Mapping[str, Any],
+        error: TenantKeysError,
+        attempts: int,
+        worker: str,
+        queue: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        replayable: bool = True,
+    ) -> DeadLetter:
+        """Store a failed job: ``arguments`` redacted for display, ``kwargs`` sealed for replay."""
+        now = self._clock()
+        first = self.note_failure(job_id)
+        # One entry per job id: a job dead-lettered again (a redelivered or re-sent copy)
+        # updates its entry instead of adding a second one that a replay would double.
+        job_key = f"{self._base}:job:{job_id}"
+        known = self._client.get(job_key)
+        entry_id = _text(known) if known else uuid.uuid4().hex
+        if known and not self._client.exists(self._entry_key(entry_id)):
+            entry_id = uuid.uuid4().hex
+        entry = DeadLetter(
+            id=entry_id,
+            task=task,
+            job_id=job_id,
+            tenant_id=_tenant(kwargs),
+            arguments=dict(arguments),
+            error_class=type(error).__name__,
+            code=str(error.code),
+            message=error.message,
+            attempts=attempts,
+            first_failure_at=first,
+            last_failure_at=now,
+            worker=worker,
+            provider=error.provider,
+            provider_code=error.provider_code,
+            doc=error.doc,
+            queue=queue,
+            replayable=replayable,
+        )
+        record: dict[Any, Any] = {k: json.dumps(v) for k, v in entry.to_dict().items()}
+        record["sealed"] = self._sealer.seal(
+            entry.id, {"kwargs": dict(kwargs), "options": dict(options or {})}
+        )
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(self._entry_key(entry.id), mapping=record)
+        pipe.zadd(self._index, {entry.id: first})
+        pipe.set(job_key, entry.id)
+        pipe.delete(f"{self._base}:first:{job_id}")
+        pipe.execute()
+        return entry
+
+    # -- reading -------------------------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        return [_text(i) for i in self._client.zrange(self._index, 0, -1)]
+
+    def get(self, entry_id: str) -> DeadLetter:
+        raw = self._client.hgetall(self._entry_key(entry_id))
+        if not raw:
+            raise InvalidRequest(
+                f"no dead letter {entry_id!r}", code=ErrorCode.DEAD_LETTER_NOT_FOUND
+            )
+        return _entry(raw)
+
+    def entries(
+        self,
+        *,
+        tenant_id: str | None = None,
+        task: str | None = None,
+        code: str | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """Live entries, oldest first, filtered by tenant, task and error code."""
+        found = []
+        for entry in self._load(self.ids()):
+            if tenant_id is not None and entry.tenant_id != tenant_id:
+                continue
+            if task is not None and entry.task != task:
+                continue
+            if code is not None and entry.code != code:
+                continue
+            found.append(entry)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    def _load(self, ids: Iterable[str]) -> list[DeadLetter]:
+        ids = list(ids)
+        pipe = self._client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.hgetall(self._entry_key(entry_id))
+        return [_entry(raw) for raw in pipe.execute() if raw]
+
+    def depth(self) -> int:
+        """Entries waiting (not counting ones being replayed right now)."""
+        return int(self._client.zcard(self._index))
+
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest waiting entry first failed; None when empty."""
+        oldest = self._client.zrange(self._index, 0, 0, withscores=True)
+        return max(0.0, self._clock() - float(oldest[0][1])) if oldest else None
+
+    # -- replay and purge ----------------------------------------------------------------
+
+    def replay(
+        self, entry_ids: Iterable[str], publish: Callable[[SealedJob], None]
+    ) -> ReplayReport:
+        """Claim, publish and delete each entry; an entry that fails to publish stays."""
+        report = ReplayReport()
+        for entry_id in entry_ids:
+            if not self._claim(entry_id):
+                report.failed.append((entry_id, "not found or already being replayed"))
+                continue
+            raw = self._client.hgetall(self._entry_key(entry_id))
+            try:
+                entry = _entry(raw)
+                opened = self._sealer.open(entry_id, _text(raw[b"sealed"]))
+                publish(SealedJob(entry, opened["kwargs"], opened.get("options") or {}))
+            except Exception as exc:  # put it back whatever went wrong, then report
+                self._put_back(entry_id, raw)
+                reason = exc.one_line() if isinstance(exc, TenantKeysError) else repr(exc)
+                report.failed.append((entry_id, reason))
+                continue
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._entry_key(entry_id), f"{self._base}:job:{entry.job_id}")
+            pipe.zrem(self._replaying, entry_id)
+            pipe.execute()
+            report.replayed.append(entry_id)
+        return report
+
+    def _claim(self, entry_id: str) -> bool:
+        """Move ``entry_id`` from the index to ``replaying`` in one transaction."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrem(self._index, entry_id)
+        pipe.zadd(self._replaying, {entry_id: self._clock()}, nx=True)
+        removed, added = pipe.execute()
+        if removed:
+            return True
+        if added:  # it was not waiting: undo the claim we just made (nobody else held one)
+            self._client.zrem(self._replaying, entry_id)
+        return False
+
+    def _put_back(self, entry_id: str, raw: Mapping[Any, Any]) -> None:
+        """Return a claimed entry to the index (one transaction), unless it was purged."""
+        if not raw or not self._client.exists(self._entry_key(entry_id)):
+            self._client.zrem(self._replaying, entry_id)
+            return
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrem(self._replaying, entry_id)
+        pipe.zadd(self._index, {entry_id: json.loads(raw[b"first_failure_at"])})
+        pipe.execute()
+
+    def recover_stale(self) -> int:
+        """Return entries whose replay claim is older than the stale limit to the index."""
+        cutoff = self._clock() - self._stale
+        recovered = 0
+        for raw_id in self._client.zrangebyscore(self._replaying, "-inf", cutoff):
+            entry_id = _text(raw_id)
+            raw = self._client.hgetall(self._entry_key(entry_id))
+            if not raw:  # published and deleted; only the claim was left behind
+                self._client.zrem(self._replaying, entry_id)
+                continue
+            self._put_back(entry_id, raw)
+            recovered += 1
+        return recovered
+
+    def purge(self, entry_ids: Iterable[str] | None = None) -> int:
+        """Delete the given entries (all waiting ones when None); returns how many."""
+        ids = self.ids() if entry_ids is None else list(entry_ids)
+        removed = 0
+        for entry_id in ids:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(self._index, entry_id)
+            pipe.zrem(self._replaying, entry_id)
+            pipe.delete(self._entry_key(entry_id))
+            removed += int(pipe.execute()[2])
+        return removed
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _tenant(kwargs: Mapping[str, Any]) -> str | None:
+    value = kwargs.get("tenant_id")
+    if isinstance(value, str):
+        return value[:64]
+    items = kwargs.get("items")
+    if isinstance(items, list) and items and isinstance(items[0], Mapping):
+        first = items[0].get("tenant_id")
+        return first[:64] if isinstance(first, str) else None
+    return None
+
+
+def _entry(raw: Mapping[Any, Any]) -> DeadLetter:
+    fields = {
+        f: json.loads(raw[f.encode()]) for f in DeadLetter.__dataclass_fields__ if f.encode() in raw
+    }
+    return DeadLetter(**fields)
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Read the 32-byte dead-letter key, creating it (mode 0600) on first use."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = os.urandom(_KEY_BYTES)
+        # Written privately, then linked into place: a reader never sees half a key.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process won the race: use its key
+            return load_or_create_key(path)
+        finally:
+            tmp.unlink()
+        return key
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077 or len(data) != _KEY_BYTES:
+        raise ConfigurationError(
+            f"dead-letter key file {path} must hold {_KEY_BYTES} bytes with mode 0600 "
+            f"(has {len(data)} bytes, mode {mode:04o}); see TENANTKEYS_DEAD_LETTER_KEY_FILE",
+            code=ErrorCode.CONFIG_INVALID,
+        )
+    return data

@@ -1,0 +1,111 @@
+"""Dead letters for messages no task could take: undecodable, disallowed or unknown tasks.
+
+Celery's consumer logs such messages -- with their body, which here would be a payload -- and
+acks them, so they vanish. :class:`DeadLetterConsumer` (the ``worker_consumer`` of the app)
+records each one in the dead-letter store instead, logs one redacted line, and keeps going.
+Their body is sealed like any dead letter's arguments; they are not replayable as jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import uuid
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from tenantkeys import jobs
+from tenantkeys.deadletter import DeadLetterStore
+from tenantkeys.errors import ErrorCode, InvalidRequest
+from tenantkeys.runtime import redis_client
+from workers.app import settings
+
+log = logging.getLogger(__name__)
+_store: DeadLetterStore | None = None
+
+
+def store() -> DeadLetterStore:
+    """The consumer process's dead-letter store (the parent worker process, not the pool)."""
+    global _store  # noqa: PLW0603 - one per process
+    if _store is None:
+        _store = DeadLetterStore.from_settings(settings, redis_client(settings))
+    return _store
+
+
+def record_message(message: Any, reason: str, code: ErrorCode, hostname: str) -> str | None:
+    """Store ``message`` as a dead letter; return its entry id (None if the store failed)."""
+    headers = dict(message.headers or {})
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    task = str(headers.get("task") or "<no task header>")[:200]
+    job_id = str(headers.get("id") or uuid.uuid4())[:200]
+    error = InvalidRequest(reason, code=code)
+    try:
+        entry = store().add(
+            task=task,
+            job_id=job_id,
+            kwargs={
+                "body": body.decode("latin-1"),
+                "content_type": message.content_type,
+                "content_encoding": message.content_encoding,
+            },
+            arguments={
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body_size": len(body),
+                "content_type": message.content_type,
+            },
+            error=error,
+            attempts=1,
+            worker=hostname,
+            queue=(message.delivery_info or {}).get("routing_key"),
+            replayable=False,
+        )
+    except Exception as exc:  # the consumer must keep running whatever the store does
+        log.critical("message %s could not be dead-lettered (%s)", job_id, type(exc).__name__)
+        return None
+    log.error("message %s (%s) dead-lettered as %s: %s", job_id, task, entry.id, reason)
+    return entry.id
+
+
+class DeadLetterConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with every "cannot run this message" path ending in the store."""
+
+    def _dead_letter(self, message: Any, reason: str, code: ErrorCode) -> None:
+        entry_id = record_message(message, reason, code, self.hostname or socket.gethostname())
+        job_id = (message.headers or {}).get("id")
+        if isinstance(job_id, str) and entry_id is not None:
+            # A caller waiting on this job gets the error now instead of a timeout.
+            envelope = jobs.failed(InvalidRequest(reason, code=code), dead_letter=entry_id)
+            try:
+                self.app.backend.mark_as_done(job_id, envelope)
+            except Exception as exc:  # best effort: the dead letter is what matters
+                log.warning("result of dead-lettered job not stored (%s)", type(exc).__name__)
+        # Acked either way: requeueing a message no worker can decode would loop forever.
+        message.ack()
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(
+            message,
+            f"message could not be decoded ({type(exc).__name__}, content type "
+            f"{message.content_type!r}); only JSON is accepted",
+            ErrorCode.INVALID_ENCODING,
+        )
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(
+            message, "message is not a Celery task message", ErrorCode.INVALID_ARGUMENT
+        )
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = str((message.headers or {}).get("task", "?"))[:200]
+        self._dead_letter(
+            message, f"no task named {name!r} is registered", ErrorCode.INVALID_ARGUMENT
+        )
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(
+            message,
+            f"invalid task message ({type(exc).__name__}); only JSON is accepted",
+            ErrorCode.INVALID_ENCODING,
+        )

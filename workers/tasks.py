@@ -1,0 +1,184 @@
+"""The tasks: thin adapters from Celery requests to :class:`tenantkeys.runner.JobRunner`.
+
+Single ``sign`` jobs are aggregated on the worker with celery-batches: messages are buffered by
+the consumer and handed to one pool call (up to ``sign_batch_size`` jobs, or whatever arrived
+within ``sign_batch_interval_seconds``), so a burst of single jobs pays the pool round trip,
+the task set-up and the tracing once per batch instead of once per job. Each job still gets its
+own result, stored under its own id, and its message is acked only after the batch ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Task
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
+
+from tenantkeys import jobs
+from tenantkeys.rotation import RotationSweep
+from tenantkeys.runner import Outcome
+from workers.app import app, current, settings
+
+log = logging.getLogger(__name__)
+
+
+class RedactedTask(Task):  # type: ignore[misc]
+    """Every message it publishes (including retries) shows hashes, never payloads."""
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        options["argsrepr"], options["kwargsrepr"] = jobs.argsrepr(args, kwargs)
+        return super().apply_async(args, kwargs, **options)
+
+
+def _queue(delivery_info: dict[str, Any] | None) -> str | None:
+    return (delivery_info or {}).get("routing_key")
+
+
+def run_request(task: Task, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    """Run a regular (non-batched) task's request; retry or return the result envelope."""
+    request = task.request
+    outcome = current().runner.run(
+        name,
+        kwargs,
+        job_id=request.id,
+        retries=request.retries,
+        queue=_queue(request.delivery_info),
+        worker=request.hostname,
+        args=args,
+    )
+    if outcome.retry_in is not None:
+        raise task.retry(countdown=outcome.retry_in, max_retries=None, exc=outcome.error)
+    return outcome.result
+
+
+class SignBatches(RedactedTask, Batches):  # type: ignore[misc]
+    """celery-batches with a worker-lost path: a batch whose process died is redelivered."""
+
+    flush_every = settings.sign_batch_size
+    flush_interval = settings.sign_batch_interval_seconds
+
+    def flush(self, requests: Sequence[Any]) -> Any:
+        # Same as Batches.flush for acks_late tasks, plus an error callback: if the pool
+        # process dies (WorkerLostError) or hits the hard time limit, the messages are
+        # rejected with requeue instead of staying unacked until the connection closes.
+        simple = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_return(_result: Any) -> None:
+            for request in requests:
+                request.acknowledge()
+
+        def on_error(info: Any) -> None:
+            log.error("a signing batch of %d jobs was lost (%r); requeued", len(requests), info)
+            for request in requests:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            callback=on_return,
+            error_callback=on_error,
+        )
+
+
+@app.task(name=jobs.SIGN, base=SignBatches, acks_late=True, bind=True)  # type: ignore[untyped-decorator]
+def sign(self: SignBatches, requests: list[SimpleRequest]) -> None:
+    """Sign many single jobs in one call path; each job's result is stored under its id."""
+    process = current()
+    events: list[tuple[str, dict[str, Any]]] = []
+    # A batch shares one time limit: when KMS calls turn slow, hand the rest back to the
+    # queue (same job, same retry count) instead of running the whole batch into the limit.
+    budget = time.monotonic() + settings.task_soft_time_limit_seconds / 2
+    for request in requests:
+        retries = int((request.request_dict or {}).get("retries") or 0)
+        if time.monotonic() > budget:
+            self.apply_async(kwargs=request.kwargs, task_id=request.id, retries=retries)
+            continue
+        started = time.perf_counter()
+        outcome: Outcome = process.runner.run(
+            jobs.SIGN,
+            request.kwargs,
+            job_id=request.id,
+            retries=retries,
+            queue=_queue(request.delivery_info),
+            worker=request.hostname,
+            args=request.args,
+        )
+        if outcome.retry_in is not None:
+            # Publish the retry before this message is acked: at least once, never zero times.
+            self.apply_async(
+                kwargs=request.kwargs,
+                task_id=request.id,
+                countdown=outcome.retry_in,
+                retries=retries + 1,
+            )
+            events.append(("task-retried", {"uuid": request.id, "exception": repr(outcome.error)}))
+            continue
+        app.backend.mark_as_done(request.id, outcome.result, request=request)
+        runtime = time.perf_counter() - started
+        events.append(("task-succeeded", {"uuid": request.id, "runtime": runtime}))
+    _send_events(requests[0].hostname if requests else None, events)
+
+
+def _send_events(hostname: str | None, events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Per-job events for Flower (celery-batches sends only task-received)."""
+    if not events or not app.conf.worker_send_task_events:
+        return
+    try:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            for kind, fields in events:
+                dispatcher.send(kind, **fields)
+    except Exception as exc:  # events are best effort; results are already stored
+        log.warning("task events not sent (%s)", type(exc).__name__)
+
+
+@app.task(name=jobs.SIGN_BATCH, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
+def sign_batch(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """Many payloads in one job; each item gets its own result, bad items do not fail others."""
+    return run_request(self, jobs.SIGN_BATCH, args, kwargs)
+
+
+@app.task(name=jobs.CREATE_KEYS, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
+def create_keys(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """Create the tenant's keys (those it lacks)."""
+    return run_request(self, jobs.CREATE_KEYS, args, kwargs)
+
+
+@app.task(name=jobs.ROTATE_KEY, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
+def rotate_key(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """Rotate (tenant, purpose), only if ``expected_version`` is still active when given."""
+    return run_request(self, jobs.ROTATE_KEY, args, kwargs)
+
+
+@app.task(name=jobs.REVOKE_KEY, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
+def revoke_key(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """Revoke a key version by kid (an active one is replaced at once)."""
+    return run_request(self, jobs.REVOKE_KEY, args, kwargs)
+
+
+@app.task(name=jobs.ROTATION_SWEEP, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
+def rotation_sweep(self: Task) -> Any:
+    """Enqueue one conditional rotate_key per due key; also recover stale dead-letter replays."""
+    process = current()
+    sweep = RotationSweep(
+        process.runtime.service.store,
+        process.runtime.redis,
+        settings.redis_prefix,
+        page_size=settings.rotation_sweep_page_size,
+    )
+    report = sweep.run(
+        lambda version: rotate_key.apply_async(
+            kwargs={
+                "tenant_id": version.tenant_id,
+                "purpose": version.purpose.value,
+                "expected_version": version.version,
+            }
+        )
+    )
+    recovered = process.deadletters.recover_stale()
+    return jobs.ok({**report.to_dict(), "dead_letters_recovered": recovered})
