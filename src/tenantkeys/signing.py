@@ -121,11 +121,20 @@ def thumbprint(jwk: Mapping[str, str]) -> str:
     return b64url(hashlib.sha256(canonical.encode()).digest())
 
 
+def encode_protected(header: Mapping[str, Any]) -> str:
+    """The base64url protected header, members in the order given (RFC 8037 vectors need it)."""
+    return b64url(json.dumps(dict(header), separators=(",", ":")).encode())
+
+
 def sign_compact(
     key: KeyMaterial, header: Mapping[str, Any], payload: bytes, *, detached: bool = True
 ) -> str:
     """A compact JWS over ``payload``; detached (``h..s``, RFC 7515 appendix F) by default."""
-    protected = b64url(json.dumps(dict(header), separators=(",", ":")).encode())
+    return sign_encoded(key, encode_protected(header), payload, detached=detached)
+
+
+def sign_encoded(key: KeyMaterial, protected: str, payload: bytes, *, detached: bool = True) -> str:
+    """:func:`sign_compact` with the header already encoded (callers cache it per key)."""
     encoded_payload = b64url(payload)
     signing_input = f"{protected}.{encoded_payload}".encode("ascii")
     if isinstance(key.private_key, ed25519.Ed25519PrivateKey):

@@ -53,6 +53,8 @@ class UnlockedKey:
     version: KeyVersion
     material: signing.KeyMaterial | None = field(default=None, repr=False)
     secret: bytes | None = field(default=None, repr=False)  # AES key of an encryption version
+    #: The encoded JWS protected header of a signing key, built once per unlock.
+    protected: str = ""
 
     def __repr__(self) -> str:
         v = self.version
@@ -280,12 +282,7 @@ class KeyService:
         data = self.check_payload(payload, canonical_json=canonical_json)
         key = self.active_key(tenant_id, Purpose.SIGNING)
         assert key.material is not None
-        header = {
-            "alg": key.version.algorithm,
-            "kid": key.version.kid,
-            signing.TENANT_HEADER: tenant_id,
-        }
-        jws = signing.sign_compact(key.material, header, data, detached=detached)
+        jws = signing.sign_encoded(key.material, key.protected, data, detached=detached)
         return Signature(
             jws=jws,
             kid=key.version.kid,
@@ -444,7 +441,16 @@ class KeyService:
         public = version.evolve(wrapped_secret=None, wrapped_data_key=None)
         try:
             if version.purpose is Purpose.SIGNING:
-                return UnlockedKey(public, material=signing.load(version.algorithm, secret))
+                header = {
+                    "alg": version.algorithm,
+                    "kid": version.kid,
+                    signing.TENANT_HEADER: version.tenant_id,
+                }
+                return UnlockedKey(
+                    public,
+                    material=signing.load(version.algorithm, secret),
+                    protected=signing.encode_protected(header),
+                )
             return UnlockedKey(public, secret=bytes(secret))
         finally:
             secret[:] = bytes(len(secret))
