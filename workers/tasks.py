@@ -18,10 +18,10 @@ from celery import Task
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from tenantkeys import jobs
+from tenantkeys import jobs, telemetry, tracing
 from tenantkeys.rotation import RotationSweep
 from tenantkeys.runner import Outcome
-from workers.app import app, current, settings
+from workers.app import WorkerProcess, app, current, settings
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,26 @@ def _queue(delivery_info: dict[str, Any] | None) -> str | None:
     return (delivery_info or {}).get("routing_key")
 
 
+#: Message headers a re-published job keeps: its enqueue time and trace context (the
+#: tracing instrumentation replaces the latter with the current span's when it is on).
+_CARRIED_HEADERS = (jobs.ENQUEUED_AT_HEADER, "traceparent", "tracestate")
+
+
+def _carried(headers: dict[str, Any] | None) -> dict[str, Any]:
+    return {name: headers[name] for name in _CARRIED_HEADERS if headers and name in headers}
+
+
+def _observed(process: WorkerProcess, outcome: Outcome, headers: dict[str, Any] | None) -> None:
+    """Metrics of a job whose outcome is decided (its result is stored or being returned)."""
+    outcome.record_metrics(jobs.enqueued_at(headers))
+    telemetry.set_l1_entries(len(process.runtime.service.l1))
+
+
 def run_request(task: Task, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """Run a regular (non-batched) task's request; retry or return the result envelope."""
     request = task.request
-    outcome = current().runner.run(
+    process = current()
+    outcome = process.runner.run(
         name,
         kwargs,
         job_id=request.id,
@@ -52,6 +68,8 @@ def run_request(task: Task, name: str, args: Sequence[Any], kwargs: dict[str, An
         worker=request.hostname,
         args=args,
     )
+    # Celery's retry keeps the custom headers, enqueue time included.
+    _observed(process, outcome, request.headers)
     if outcome.retry_in is not None:
         raise task.retry(countdown=outcome.retry_in, max_retries=None, exc=outcome.error)
     return outcome.result
@@ -95,34 +113,54 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> None:
     # queue (same job, same retry count) instead of running the whole batch into the limit.
     budget = time.monotonic() + settings.task_soft_time_limit_seconds / 2
     for request in requests:
-        retries = int((request.request_dict or {}).get("retries") or 0)
+        headers = request.request_dict or {}
+        retries = int(headers.get("retries") or 0)
         if time.monotonic() > budget:
-            self.apply_async(kwargs=request.kwargs, task_id=request.id, retries=retries)
-            continue
-        started = time.perf_counter()
-        outcome: Outcome = process.runner.run(
-            jobs.SIGN,
-            request.kwargs,
-            job_id=request.id,
-            retries=retries,
-            queue=_queue(request.delivery_info),
-            worker=request.hostname,
-            args=request.args,
-        )
-        if outcome.retry_in is not None:
-            # Publish the retry before this message is acked: at least once, never zero times.
             self.apply_async(
                 kwargs=request.kwargs,
                 task_id=request.id,
-                countdown=outcome.retry_in,
-                retries=retries + 1,
+                retries=retries,
+                headers=_carried(headers),
             )
-            events.append(("task-retried", {"uuid": request.id, "exception": repr(outcome.error)}))
             continue
-        app.backend.mark_as_done(request.id, outcome.result, request=request)
-        runtime = time.perf_counter() - started
-        events.append(("task-succeeded", {"uuid": request.id, "runtime": runtime}))
+        # One span per job, continuing its producer's trace (the batch has a trace of its own).
+        with tracing.job_span(jobs.SIGN, request.id, headers):
+            events.append(_sign_one(self, process, request, headers, retries))
     _send_events(requests[0].hostname if requests else None, events)
+
+
+def _sign_one(
+    task: SignBatches,
+    process: WorkerProcess,
+    request: SimpleRequest,
+    headers: dict[str, Any],
+    retries: int,
+) -> tuple[str, dict[str, Any]]:
+    """Run one job of a batch; store its result or publish its retry. Returns its event."""
+    started = time.perf_counter()
+    outcome: Outcome = process.runner.run(
+        jobs.SIGN,
+        request.kwargs,
+        job_id=request.id,
+        retries=retries,
+        queue=_queue(request.delivery_info),
+        worker=request.hostname,
+        args=request.args,
+    )
+    if outcome.retry_in is not None:
+        # Publish the retry before this message is acked: at least once, never zero times.
+        task.apply_async(
+            kwargs=request.kwargs,
+            task_id=request.id,
+            countdown=outcome.retry_in,
+            retries=retries + 1,
+            headers=_carried(headers),
+        )
+        _observed(process, outcome, headers)
+        return ("task-retried", {"uuid": request.id, "exception": repr(outcome.error)})
+    app.backend.mark_as_done(request.id, outcome.result, request=request)
+    _observed(process, outcome, headers)
+    return ("task-succeeded", {"uuid": request.id, "runtime": time.perf_counter() - started})
 
 
 def _send_events(hostname: str | None, events: list[tuple[str, dict[str, Any]]]) -> None:

@@ -1,9 +1,10 @@
 """Scrape the real ``/metrics`` of a running ``tenantkeys api``: every metric an alert or the
-dashboard names must be exported, with a sample (a family without samples never fires)."""
+dashboard names must be exported, with a sample (a family without samples never fires).
+
+The worker's half (a real ``tenantkeys worker``) is in ``tests/e2e/test_observability.py``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,3 @@ def test_api_exports_every_metric_alerts_and_dashboard_use(
     assert 'tenantkeys_queue_depth{queue="tenantkeys.sign"} 0.0' in text
     assert "tenantkeys_dead_letter_depth 0.0" in text
     assert "acme" not in text  # no tenant id in any label
-
-
-def test_worker_exports_its_metrics() -> None:
-    """The worker half of the scrape: needs a worker metrics exporter (issue 5, workers side)."""
-    workers_app = importlib.util.find_spec("workers.app")
-    source = Path(workers_app.origin).read_text() if workers_app and workers_app.origin else ""
-    if "start_worker_exporter" not in source:
-        pytest.skip("tenantkeys worker starts no metrics exporter yet (workers/app.py)")
-    pytest.fail("the worker exporter exists now: scrape it here like the API above")

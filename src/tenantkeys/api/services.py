@@ -154,4 +154,3 @@ class ApiServices:
                     closer()
                 except Exception:  # closing must close the rest
                     log.warning("error while closing the API services", exc_info=True)
-

@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": "tenantkeys.cli.processes:demo_command",
     "dev": "tenantkeys.cli.processes:dev_command",
     "worker": "tenantkeys.cli.processes:worker_command",
+    "worker-ready": "tenantkeys.cli.processes:worker_ready_command",
     "beat": "tenantkeys.cli.processes:beat_command",
     "flower": "tenantkeys.cli.processes:flower_command",
     "api": "tenantkeys.cli.processes:api_command",

@@ -1,12 +1,15 @@
-"""``tenantkeys worker | beat | flower | api | dev | demo``: the processes of the service."""
+"""``tenantkeys worker | worker-ready | beat | flower | api | dev | demo``: the processes."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -18,10 +21,14 @@ import click
 from tenantkeys import jobs
 from tenantkeys.cli.context import settings
 from tenantkeys.cli.stack import LocalStack
-from tenantkeys.config import ENV_PREFIX, Settings, load_settings
-from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.config import ENV_PREFIX, Settings, environment_with, load_settings
+from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
 
 DEMO_TENANTS = ("acme", "globex", "initech")
+#: Addresses Flower may bind without basic auth: reachable from this machine only.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Exit status of `worker-ready` when the worker did not answer.
+EXIT_NOT_READY = 1
 
 
 def _app() -> Any:
@@ -40,13 +47,109 @@ def _app() -> Any:
 def worker_command(
     concurrency: int | None, queues: str, hostname: str | None, pool: str, loglevel: str
 ) -> None:
-    """Run a Celery worker (migrates the key store once, then forks the pool)."""
+    """Run a Celery worker (migrates the key store once, then forks the pool).
+
+    Serves its metrics on TENANTKEYS_WORKER_METRICS_PORT (0: off). With the prefork pool and
+    no PROMETHEUS_MULTIPROC_DIR, it restarts itself once with the variable set to
+    <data_dir>/metrics/worker-<host>-<pid>, so the pool processes' metrics can be merged.
+    """
+    if pool == "prefork":
+        _ensure_multiproc_dir(settings())
     argv = ["worker", f"--loglevel={loglevel}", f"--queues={queues}", f"--pool={pool}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
     if hostname:
         argv.append(f"--hostname={hostname}")
     _app().worker_main(argv)
+
+
+def _ensure_multiproc_dir(config: Settings) -> None:
+    """Re-exec this command with PROMETHEUS_MULTIPROC_DIR set, unless it is set or unneeded.
+
+    prometheus-client picks its value store when first imported, which the CLI has done by
+    now: the variable must be in the environment when the process starts, hence the exec
+    (same PID, same arguments). Directories of workers no longer running are removed.
+    """
+    if config.prometheus_multiproc_dir is not None or not config.worker_metrics_port:
+        return
+    base = (config.data_dir / "metrics").resolve()
+    host = socket.gethostname()
+    _remove_stale_metrics(base, host)
+    directory = base / f"worker-{host}-{os.getpid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    env = environment_with(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    os.execve(sys.executable, sys.orig_argv, env)  # noqa: S606 - this very command, again
+
+
+def _remove_stale_metrics(base: Path, host: str) -> None:
+    """Delete ``worker-<host>-<pid>`` directories whose process is gone (this host's only)."""
+    if not base.is_dir():
+        return
+    for directory in base.glob(f"worker-{host}-*"):
+        pid = directory.name.rpartition("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+@click.command("worker-ready")
+@click.option(
+    "--hostname",
+    help="The worker's node name, as given to `tenantkeys worker --hostname` "
+    "(default: celery@<this host name>, the worker's own default).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 60),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the broker and for the worker's answer.",
+)
+def worker_ready_command(hostname: str | None, timeout: float) -> None:
+    """Exit 0 when this host's worker answers a ping through its broker (readiness probe).
+
+    Exits 1 when the worker does not answer in time, 2 (with a coded line) when the broker
+    cannot be reached. Lightweight: loads no tasks and touches no key.
+    """
+    node = _ping_worker(settings(), hostname, timeout)
+    if node is None:
+        click.echo(f"not ready: no answer within {timeout:g} s", err=True)
+        sys.exit(EXIT_NOT_READY)
+    click.echo(f"ready: {node}")
+
+
+def _ping_worker(config: Settings, hostname: str | None, timeout: float) -> str | None:
+    """The node name if the worker answered a Celery ping within ``timeout`` seconds."""
+    from celery import Celery
+    from celery.utils.nodenames import default_nodename, host_format
+    from kombu.exceptions import OperationalError
+
+    node = host_format(default_nodename(hostname))
+    app = Celery("tenantkeys-probe", set_as_current=False)
+    app.conf.update(jobs.celery_config(config))
+    app.conf.broker_connection_timeout = timeout
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=0, timeout=timeout)
+            replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
+    except (OperationalError, OSError) as exc:
+        raise TenantKeysError(
+            f"the broker cannot be reached ({type(exc).__name__})",
+            code=ErrorCode.BROKER_UNAVAILABLE,
+        ) from exc
+    finally:
+        app.close()
+    answered = any(node in reply for reply in replies or [])
+    return node if answered else None
 
 
 @click.command("beat")
@@ -60,10 +163,30 @@ def beat_command(loglevel: str) -> None:
 @click.option("--port", type=int, default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower_command(port: int, address: str) -> None:
-    """Run Flower (task events show payload hashes and sizes only)."""
+    """Run Flower (task events show payload hashes and sizes only).
+
+    Basic auth comes from TENANTKEYS_FLOWER_BASIC_AUTH (or Flower's FLOWER_BASIC_AUTH),
+    "user:password". Without it Flower refuses any address but loopback (127.0.0.1, ::1):
+    its pages list workers and jobs, and it can shut workers down.
+    """
     if importlib.util.find_spec("flower") is None:
         raise InvalidRequest("Flower is not installed: pip install 'tenantkeys[flower]'")
-    _app().start(["flower", f"--port={port}", f"--address={address}"])
+    config = settings()
+    credentials = config.flower_basic_auth
+    if credentials is None and address not in LOOPBACK:
+        raise ConfigurationError(
+            f"Flower on {address} needs basic auth: set {ENV_PREFIX}FLOWER_BASIC_AUTH="
+            "user:password, or bind it to 127.0.0.1",
+            code=ErrorCode.CONFIG_MISSING_SETTING,
+        )
+    app = _app()
+    if credentials is not None:
+        # Set on Flower's options, never on its command line, where `ps` would show it.
+        import flower.options  # noqa: F401 - defines the basic_auth option
+        from tornado.options import options
+
+        options.basic_auth = credentials.get_secret_value().split(",")
+    app.start(["flower", f"--port={port}", f"--address={address}"])
 
 
 @click.command("api")

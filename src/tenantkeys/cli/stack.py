@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tenantkeys.config import Settings
+from tenantkeys.config import Settings, environment_with
 from tenantkeys.errors import CacheUnavailable
 from tenantkeys.runtime import redis_available, redis_client
 
@@ -41,7 +41,7 @@ class LocalStack:
 
     def __init__(self, log_dir: Path, env: Mapping[str, str] | None = None) -> None:
         self.log_dir = log_dir
-        self.env = dict(os.environ if env is None else env)
+        self.env = environment_with() if env is None else dict(env)
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._redis_server: Any = None
         log_dir.mkdir(parents=True, exist_ok=True)
