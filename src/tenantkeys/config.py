@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     #: Per-request KMS timeout. 10 s is past every cloud KMS's p99.9 and short enough that a
     #: hung call turns into a retry well inside the task's soft time limit.
     kms_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    #: USD per KMS request by provider, for the estimated-cost metric (JSON, e.g.
+    #: {"aws": 0.000003}); unset providers keep list prices ($0.03 per 10,000 requests).
+    kms_prices_usd: dict[str, float] = Field(default_factory=dict)
     #: Where prometheus-client's multiprocess mode keeps per-process files (workers, API).
     #: Mirrors PROMETHEUS_MULTIPROC_DIR, which prometheus-client itself reads at import.
     prometheus_multiproc_dir: Path | None = Field(
@@ -158,6 +161,16 @@ class Settings(BaseSettings):
     #: A health check waits this long for the KMS, then reports DOWN (the call finishes in the
     #: background); keeps /health/* under a probe's timeout when the KMS hangs.
     health_check_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("kms_prices_usd")
+    @classmethod
+    def _known_prices(cls, value: dict[str, float]) -> dict[str, float]:
+        for provider, price in value.items():
+            if provider not in SUPPORTED:
+                raise ValueError(f"unknown provider {provider!r}; use {', '.join(SUPPORTED)}")
+            if price < 0:
+                raise ValueError(f"price for {provider!r} must be >= 0")
+        return value
 
     @field_validator("kms_provider", "previous_kms_provider")
     @classmethod
@@ -338,7 +351,11 @@ def load_settings(**overrides: Any) -> Settings:
             if field in ("kms_provider", "previous_kms_provider"):
                 code = ErrorCode.CONFIG_UNKNOWN_PROVIDER
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+            variable = field.upper()
+            # Aliased fields (PROMETHEUS_MULTIPROC_DIR, ...) are named as their alias already.
+            if not variable.startswith(ENV_PREFIX) and field in Settings.model_fields:
+                variable = ENV_PREFIX + variable
+            problems.append(f"{variable}: {message}")
         raise ConfigurationError("invalid settings: " + "; ".join(problems), code=code) from None
     settings.check()
     return settings

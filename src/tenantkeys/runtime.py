@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tenantkeys import telemetry
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet
@@ -63,6 +64,7 @@ def build_runtime(
     guard: Callable[[KmsProvider], KmsProvider] | None = None,
 ) -> Runtime:
     """Everything a process needs to sign; validates the provider by building it now."""
+    telemetry.configure_prices(settings.kms_prices_usd)
     store = KeyStore.from_url(settings.database_url)
     if migrate:
         store.migrate()

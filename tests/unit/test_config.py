@@ -107,3 +107,12 @@ def test_masked_config_hides_passwords_and_tokens(monkeypatch: pytest.MonkeyPatc
     assert "hunter2" not in str(shown)
     assert "ab" * 32 not in str(shown)
     assert shown["TENANTKEYS_DATABASE_URL"] == "postgresql://svc:***@db/keys"
+
+
+def test_kms_prices_are_validated_and_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANTKEYS_KMS_PRICES_USD", '{"aws": 0.000004}')
+    assert load_settings().kms_prices_usd == {"aws": 0.000004}
+    monkeypatch.setenv("TENANTKEYS_KMS_PRICES_USD", '{"hsm": 1}')
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert "TENANTKEYS_KMS_PRICES_USD" in err.value.message and "hsm" in err.value.message
