@@ -188,7 +188,9 @@ def test_breaker_fails_open_when_redis_is_down() -> None:
 
     from tenantkeys.resilience import Resilience
 
-    dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    dead = redis_lib.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     calls: list[int] = []
 
     def kms() -> str:
