@@ -31,6 +31,7 @@ from tenantkeys import __version__, jobs, telemetry, tracing
 from tenantkeys.config import Settings, load_settings
 from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.keys.store import KeyStore
+from tenantkeys.message_signing import setup_message_signing
 from tenantkeys.resilience import Resilience, RetryPolicy
 from tenantkeys.runner import JobRunner
 from tenantkeys.runtime import Runtime, build_runtime, redis_client
@@ -46,9 +47,12 @@ def _queues() -> list[Any]:
 
 
 def create_app(settings: Settings) -> Celery:
-    """A Celery app with the queues, JSON-only serialization and failure semantics of jobs."""
+    """A Celery app with the queues, (signed) JSON messages and failure semantics of jobs."""
     app = Celery("tenantkeys", set_as_current=True)
     app.conf.update(jobs.celery_config(settings))
+    # Workers and Beat publish too (retries, the rotation sweep): they sign with their own key,
+    # whose certificate must be in the store like every producer's.
+    setup_message_signing(app, settings)
     app.conf.update(
         task_queues=_queues(),
         imports=("workers.tasks",),

@@ -4,6 +4,9 @@ Celery's consumer logs such messages -- with their body, which here would be a p
 acks them, so they vanish. :class:`DeadLetterConsumer` (the ``worker_consumer`` of the app)
 records each one in the dead-letter store instead, logs one redacted line, and keeps going.
 Their body is sealed like any dead letter's arguments; they are not replayable as jobs.
+
+With message signing on, an unsigned message (``ContentDisallowed``) or one whose signature does
+not verify (``SecurityError``, raised as a decode error) is recorded as ``TK-MESSAGE-UNSIGNED``.
 """
 
 from __future__ import annotations
@@ -15,14 +18,18 @@ import uuid
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
 
 from tenantkeys import jobs
 from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.errors import ErrorCode, InvalidRequest
+from tenantkeys.message_signing import SIGNED_CONTENT_TYPE
 from tenantkeys.runtime import redis_client
 from workers.app import settings
 
 log = logging.getLogger(__name__)
+#: What the workers accept, for the reason of a refused message.
+_ACCEPTED = "JSON signed by a trusted certificate" if settings.message_signing else "JSON"
 _store: DeadLetterStore | None = None
 
 
@@ -68,8 +75,57 @@ def record_message(message: Any, reason: str, code: ErrorCode, hostname: str) ->
     return entry.id
 
 
+def shape_problem(message: Any) -> str | None:
+    """Why a task message cannot reach a task strategy, or None if its shape is sound.
+
+    Celery's strategies unpack protocol-2 bodies as ``[args, kwargs, embed]`` before any task
+    code runs, and an exception there stops the whole worker ("Unrecoverable error"). So the
+    shape is checked first: one crafted message must not stop every worker in turn.
+    """
+    headers = message.headers
+    if not isinstance(headers, dict):
+        return "message headers are not a mapping"
+    task = headers.get("task")
+    if task is None:
+        return None  # not protocol 2: Celery's own checks route it to on_unknown_message
+    if not isinstance(task, str):
+        return "the task header is not a string"
+    try:
+        body = message.decode()
+    except Exception:  # undecodable: Celery's own decode-error path records it
+        return None
+    if (
+        isinstance(body, list | tuple)
+        and len(body) == 3
+        and isinstance(body[0], list | tuple)
+        and isinstance(body[1], dict)
+        and isinstance(body[2], dict)
+    ):
+        return None
+    return "task message body is not [args, kwargs, embed]"
+
+
 class DeadLetterConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with every "cannot run this message" path ending in the store."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            problem = shape_problem(message)
+            if problem is not None:
+                return self._dead_letter(message, problem, ErrorCode.INVALID_ARGUMENT)
+            try:
+                return handler(message)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # Anything else malformed that Celery's strategies choke on: record, go on.
+                return self._dead_letter(
+                    message,
+                    f"malformed task message ({type(exc).__name__})",
+                    ErrorCode.INVALID_ARGUMENT,
+                )
+
+        return on_task_received
 
     def _dead_letter(self, message: Any, reason: str, code: ErrorCode) -> None:
         entry_id = record_message(message, reason, code, self.hostname or socket.gethostname())
@@ -85,10 +141,19 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
         message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
+        if settings.message_signing and message.content_type == SIGNED_CONTENT_TYPE:
+            # Celery's auth serializer raised SecurityError (kombu wraps it as DecodeError).
+            self._dead_letter(
+                message,
+                "task message signature could not be verified (unknown signer certificate, "
+                "bad signature or altered body)",
+                ErrorCode.MESSAGE_UNSIGNED,
+            )
+            return
         self._dead_letter(
             message,
             f"message could not be decoded ({type(exc).__name__}, content type "
-            f"{message.content_type!r}); only JSON is accepted",
+            f"{message.content_type!r}); only {_ACCEPTED} is accepted",
             ErrorCode.INVALID_ENCODING,
         )
 
@@ -104,8 +169,16 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
         )
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        if settings.message_signing and isinstance(exc, ContentDisallowed):
+            self._dead_letter(
+                message,
+                f"task message is not signed (content type {message.content_type!r}); only "
+                f"{_ACCEPTED} is accepted",
+                ErrorCode.MESSAGE_UNSIGNED,
+            )
+            return
         self._dead_letter(
             message,
-            f"invalid task message ({type(exc).__name__}); only JSON is accepted",
+            f"invalid task message ({type(exc).__name__}); only {_ACCEPTED} is accepted",
             ErrorCode.INVALID_ENCODING,
         )

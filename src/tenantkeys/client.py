@@ -27,6 +27,7 @@ from tenantkeys import jobs, tracing
 from tenantkeys.config import Settings
 from tenantkeys.errors import ErrorCode, JobTimeout, TenantKeysError, TransientError
 from tenantkeys.keys.service import Signature
+from tenantkeys.message_signing import setup_message_signing
 
 #: The typed result of a signing job (what ``tenantkeys sign --via-queue`` prints).
 SignResult = Signature
@@ -73,6 +74,8 @@ class SigningClient:
         """A client with its own Celery app (broker, backend and JSON settings of the workers)."""
         app = Celery("tenantkeys-client", set_as_current=False)
         app.conf.update(jobs.celery_config(settings))
+        # With TENANTKEYS_MESSAGE_SIGNING on, jobs are signed with this producer's key.
+        setup_message_signing(app, settings)
         # The horizon at which Redis itself re-delivers an unacked job: a job still without a
         # result then was most likely lost between the broker and a dying worker.
         return cls(app, owns_app=True, resend_after=settings.broker_visibility_timeout_seconds)

@@ -108,8 +108,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": MAINTENANCE_QUEUE,
         "task_default_exchange": EXCHANGE,
         "task_default_exchange_type": "direct",
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.worker_task_events,
+        "task_send_sent_event": settings.task_sent_events,
         "broker_connection_retry_on_startup": True,
         # With acks_late a running job's message comes back after a lost connection; cancel
         # the running copy instead of finishing it twice (harmless, but wasteful).

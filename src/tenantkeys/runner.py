@@ -314,14 +314,4 @@ def _arguments(
 
 def public_version(version: KeyVersion) -> dict[str, Any]:
     """The public facts of a key version (never a wrapped or plaintext secret)."""
-    return {
-        "tenant_id": version.tenant_id,
-        "purpose": version.purpose.value,
-        "version": version.version,
-        "kid": version.kid,
-        "algorithm": version.algorithm,
-        "status": version.status.value,
-        "provider": version.provider,
-        "created_at": version.created_at.isoformat(),
-        "rotate_after": version.rotate_after.isoformat(),
-    }
+    return version.public_info()

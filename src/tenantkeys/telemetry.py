@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Final, Literal, get_args
 from wsgiref.simple_server import WSGIServer
@@ -142,12 +143,24 @@ METRICS: Final = (
 )
 
 
+@cache
+def _choices(allowed: object) -> tuple[str, ...]:
+    """The values of a ``Literal`` (or the tuple itself), computed once per type."""
+    return allowed if isinstance(allowed, tuple) else get_args(allowed)
+
+
 def _check(label: str, value: str, allowed: object) -> str:
     """Refuse a label value outside its fixed set: a typo must not mint a new series."""
-    choices = allowed if isinstance(allowed, tuple) else get_args(allowed)
+    choices = _choices(allowed)
     if value not in choices:
         raise ValueError(f"metric label {label}={value!r} is not one of {', '.join(choices)}")
     return value
+
+
+#: Label children of the per-signature hot path, bound once: ``labels()`` hashes its arguments
+#: and takes a lock on every call. A key exists only after its values passed :func:`_check`.
+_CACHE_CHILDREN: dict[tuple[str, str], Counter] = {}
+_SIGNATURE_CHILDREN: dict[str, Counter] = {}
 
 
 def configure_prices(prices: Mapping[str, float]) -> None:
@@ -210,9 +223,13 @@ def kms_call(provider: str, operation: KmsOperation) -> Iterator[None]:
 
 def record_cache_lookup(layer: CacheLayer, result: CacheResult) -> None:
     """Count one lookup in the L1 (process) or L2 (Redis) key cache."""
-    CACHE_LOOKUPS.labels(
-        _check("layer", layer, CacheLayer), _check("result", result, CacheResult)
-    ).inc()
+    child = _CACHE_CHILDREN.get((layer, result))
+    if child is None:
+        child = CACHE_LOOKUPS.labels(
+            _check("layer", layer, CacheLayer), _check("result", result, CacheResult)
+        )
+        _CACHE_CHILDREN[(layer, result)] = child
+    child.inc()
 
 
 def set_l1_entries(entries: int) -> None:
@@ -225,7 +242,11 @@ def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
 
     Enqueue time comes from the producer's clock, so skew can make it negative: clamped to 0.
     """
-    SIGNATURES.labels(_check("outcome", outcome, SignatureOutcome)).inc()
+    child = _SIGNATURE_CHILDREN.get(outcome)
+    if child is None:
+        child = SIGNATURES.labels(_check("outcome", outcome, SignatureOutcome))
+        _SIGNATURE_CHILDREN[outcome] = child
+    child.inc()
     if seconds is not None:
         SIGN_LATENCY.observe(max(seconds, 0.0))
 

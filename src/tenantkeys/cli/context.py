@@ -38,17 +38,4 @@ def emit(data: Any) -> None:
 
 def version_info(version: KeyVersion) -> dict[str, Any]:
     """The public facts of a key version (never wrapped or plaintext secrets)."""
-    return {
-        "tenant_id": version.tenant_id,
-        "purpose": version.purpose.value,
-        "version": version.version,
-        "kid": version.kid,
-        "algorithm": version.algorithm,
-        "status": version.status.value,
-        "provider": version.provider,
-        "provider_key_id": version.provider_key_id,
-        "created_at": version.created_at.isoformat(),
-        "rotate_after": version.rotate_after.isoformat(),
-        "retired_at": version.retired_at.isoformat() if version.retired_at else None,
-        "revoked_at": version.revoked_at.isoformat() if version.revoked_at else None,
-    }
+    return version.public_info()

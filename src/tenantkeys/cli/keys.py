@@ -28,8 +28,14 @@ def config_check() -> None:
     """Validate settings and the provider; print the effective config (secrets masked)."""
     loaded = settings()
     provider = runtime().service.providers.current
-    emit({"ok": True, "provider": provider.name, "provider_key_id": provider.key_id,
-          "settings": loaded.masked()})
+    emit(
+        {
+            "ok": True,
+            "provider": provider.name,
+            "provider_key_id": provider.key_id,
+            "settings": loaded.masked(),
+        }
+    )
 
 
 @click.group("keys")
@@ -69,11 +75,19 @@ def keys_list(tenant_id: str, as_json: bool) -> None:
 def keys_rotate(tenant_id: str, purpose: str) -> None:
     """Make a new active version now; the old one retires (signatures keep verifying)."""
     service = runtime().service
-    emit([
-        {"tenant_id": r.tenant_id, "purpose": r.purpose, "rotated": r.rotated,
-         "old_version": r.old_version, "new_version": r.new_version, "reason": r.reason}
-        for r in (service.rotate(tenant_id, p) for p in _purposes(purpose))
-    ])
+    emit(
+        [
+            {
+                "tenant_id": r.tenant_id,
+                "purpose": r.purpose,
+                "rotated": r.rotated,
+                "old_version": r.old_version,
+                "new_version": r.new_version,
+                "reason": r.reason,
+            }
+            for r in (service.rotate(tenant_id, p) for p in _purposes(purpose))
+        ]
+    )
 
 
 @keys_group.command("revoke")

@@ -178,8 +178,17 @@ class WrappedKeyCache:
         if raw is None:
             self.stats.misses += 1
             return None
+        version = _record_for(raw, tenant_id, purpose)
+        if version is None:
+            # Tenant binding: a record that is not this slot's (planted or corrupted: another
+            # tenant's, another purpose's, not active) is never used; it is dropped instead.
+            log.warning("L2 cache record for a tenant's %s key discarded (mismatch)", purpose.value)
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(self._key(tenant_id, purpose.value))
+            self.stats.misses += 1
+            return None
         self.stats.hits += 1
-        return record_to_version(json.loads(raw))
+        return version
 
     def put_active(self, version: KeyVersion, generation: str | None) -> None:
         if generation is None or not self._usable():
@@ -290,6 +299,21 @@ def version_to_record(version: KeyVersion) -> dict[str, Any]:
         "retired_at": iso(version.retired_at),
         "revoked_at": iso(version.revoked_at),
     }
+
+
+def _record_for(raw: bytes | str, tenant_id: str, purpose: Purpose) -> KeyVersion | None:
+    """The L2 record as a version if it is the active key of (tenant_id, purpose); else None."""
+    try:
+        version = record_to_version(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return None
+    if (
+        version.tenant_id != tenant_id
+        or version.purpose is not purpose
+        or version.status is not Status.ACTIVE
+    ):
+        return None
+    return version
 
 
 def record_to_version(record: dict[str, Any]) -> KeyVersion:

@@ -88,5 +88,22 @@ class KeyVersion:
     def has_secret(self) -> bool:
         return self.wrapped_secret is not None and self.wrapped_data_key is not None
 
+    def public_info(self) -> dict[str, object]:
+        """The public facts of this version, JSON-safe: never a wrapped or plaintext secret."""
+        return {
+            "tenant_id": self.tenant_id,
+            "purpose": self.purpose.value,
+            "version": self.version,
+            "kid": self.kid,
+            "algorithm": self.algorithm,
+            "status": self.status.value,
+            "provider": self.provider,
+            "provider_key_id": self.provider_key_id,
+            "created_at": self.created_at.isoformat(),
+            "rotate_after": self.rotate_after.isoformat(),
+            "retired_at": self.retired_at.isoformat() if self.retired_at else None,
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
     def evolve(self, **changes: object) -> KeyVersion:
         return replace(self, **changes)  # type: ignore[arg-type]

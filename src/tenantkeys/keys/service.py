@@ -204,6 +204,12 @@ class KeyService:
                     f"tenant {tenant_id!r} has no active {purpose.value} key; "
                     f"create one with: tenantkeys keys create --tenant {tenant_id}"
                 )
+        if version.tenant_id != tenant_id or version.purpose is not purpose:
+            # Tenant binding: never unlock (and sign with) a key that is not this tenant's.
+            raise IntegrityError(
+                f"the active {purpose.value} key found for tenant {tenant_id!r} belongs to "
+                "another tenant or purpose; refused"
+            )
         unlocked = self._unlock(version)
         if from_store and self.l2 is not None:
             # Only a record that opened goes to L2: a bad row is never spread to other workers.

@@ -1,0 +1,172 @@
+"""Producer authentication settings and the ``auth`` serializer they set up (no broker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.serialization import dumps, loads, registry
+
+from tenantkeys.config import load_settings
+from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.message_signing import SIGNED, SIGNED_CONTENT_TYPE, setup_message_signing
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("TENANTKEYS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+@pytest.fixture
+def kombu_registry() -> Iterator[None]:
+    """setup_security changes kombu's process-wide registry: put it back afterwards."""
+    saved = (
+        registry._default_content_type,
+        registry._default_content_encoding,
+        registry._default_encode,
+        set(registry._disabled_content_types),
+    )
+    yield
+    registry.unregister(SIGNED)
+    (
+        registry._default_content_type,
+        registry._default_content_encoding,
+        registry._default_encode,
+        disabled,
+    ) = saved
+    registry._disabled_content_types = disabled
+
+
+def identity(directory: Path, name: str) -> tuple[Path, Path]:
+    """A private key and a self-signed certificate (PEM files) named ``name``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def signing_env(monkeypatch: pytest.MonkeyPatch, key: Path, cert: Path, store: Path) -> None:
+    monkeypatch.setenv("TENANTKEYS_MESSAGE_SIGNING", "true")
+    monkeypatch.setenv("TENANTKEYS_MESSAGE_SIGNING_KEY_FILE", str(key))
+    monkeypatch.setenv("TENANTKEYS_MESSAGE_SIGNING_CERT_FILE", str(cert))
+    monkeypatch.setenv("TENANTKEYS_MESSAGE_SIGNING_CERT_STORE", str(store))
+
+
+def test_off_by_default() -> None:
+    settings = load_settings()
+    assert settings.message_signing is False
+    assert settings.message_signing_files() is None
+
+
+def test_on_without_files_names_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANTKEYS_MESSAGE_SIGNING", "true")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert err.value.code == ErrorCode.CONFIG_MISSING_SETTING
+    for suffix in ("KEY_FILE", "CERT_FILE", "CERT_STORE"):
+        assert f"TENANTKEYS_MESSAGE_SIGNING_{suffix}" in err.value.message
+
+
+def test_paths_that_do_not_exist_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key, _ = identity(tmp_path, "worker")
+    signing_env(monkeypatch, key, tmp_path / "absent.pem", tmp_path / "no-store")
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert err.value.code == ErrorCode.CONFIG_MISSING_SETTING
+    assert "TENANTKEYS_MESSAGE_SIGNING_KEY_FILE" not in err.value.message
+    assert "TENANTKEYS_MESSAGE_SIGNING_CERT_FILE" in err.value.message
+    assert "TENANTKEYS_MESSAGE_SIGNING_CERT_STORE" in err.value.message
+
+
+def test_a_store_without_certificates_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key, cert = identity(tmp_path, "worker")
+    empty = tmp_path / "store"
+    empty.mkdir()
+    signing_env(monkeypatch, key, cert, empty)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert err.value.code == ErrorCode.CONFIG_INVALID
+    assert "TENANTKEYS_MESSAGE_SIGNING_CERT_STORE" in err.value.message
+
+
+@pytest.mark.usefixtures("kombu_registry")
+def test_signed_bodies_decode_only_from_trusted_certificates(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store = tmp_path / "trusted"
+    store.mkdir()
+    key, cert = identity(store, "worker")
+    signing_env(monkeypatch, key, cert, store)
+    settings = load_settings()
+    app = Celery("test-signing", set_as_current=False)
+    setup_message_signing(app, settings)
+    assert app.conf.task_serializer == SIGNED
+    assert app.conf.accept_content == [SIGNED]
+    assert app.conf.result_serializer == "json"
+    assert app.conf.result_accept_content == ["json"]
+
+    body = [[], {"tenant_id": "acme"}, {}]
+    content_type, encoding, signed = dumps(body, serializer=SIGNED)
+    assert content_type == SIGNED_CONTENT_TYPE
+    assert loads(signed, content_type, encoding, accept=[SIGNED]) == body
+    with pytest.raises(DecodeError):  # tampered after signing
+        loads(signed[:-4] + "AAA=", content_type, encoding, accept=[SIGNED])
+    with pytest.raises(ContentDisallowed):  # unsigned JSON
+        loads("[[], {}, {}]", "application/json", "utf-8", accept=[SIGNED])
+
+
+@pytest.mark.usefixtures("kombu_registry")
+def test_a_certificate_added_later_is_trusted_without_restart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store, elsewhere = tmp_path / "trusted", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    key, cert = identity(store, "worker")
+    producer_key, producer_cert = identity(elsewhere, "producer")
+    signing_env(monkeypatch, producer_key, producer_cert, store)
+    producer = Celery("producer", set_as_current=False)
+    setup_message_signing(producer, load_settings())
+    content_type, encoding, signed = dumps({"job": 1}, serializer=SIGNED)
+
+    signing_env(monkeypatch, key, cert, store)
+    setup_message_signing(Celery("worker", set_as_current=False), load_settings())
+    with pytest.raises(DecodeError):  # the producer's certificate is not trusted yet
+        loads(signed, content_type, encoding, accept=[SIGNED])
+    (store / "producer.pem").write_bytes(producer_cert.read_bytes())
+    assert loads(signed, content_type, encoding, accept=[SIGNED]) == {"job": 1}

@@ -1,0 +1,130 @@
+"""The signing batch's shared round trips: results stored together, messages acked together."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fakeredis
+import pytest
+from celery import Celery
+from celery_batches import SimpleRequest
+
+from tenantkeys import jobs, telemetry
+from tenantkeys.config import load_settings
+from workers import acks, results
+
+pytestmark = pytest.mark.unit
+
+
+def _backend(url: str = "redis://127.0.0.1:1/0") -> Any:
+    app = Celery("t", set_as_current=False)
+    app.conf.update(
+        result_backend=url,
+        result_backend_transport_options={"global_keyprefix": "tk:"},
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_expires=60,
+    )
+    backend = app.backend
+    backend.__dict__["client"] = fakeredis.FakeRedis()  # a cached property on the backend
+    return backend
+
+
+def _request(job_id: str, **extra: Any) -> SimpleRequest:
+    request = SimpleRequest(job_id, "tenantkeys.sign", (), {}, {}, "w1", False, None, None, {})
+    for name, value in extra.items():
+        setattr(request, name, value)
+    return request
+
+
+def test_each_result_is_stored_under_its_id_as_mark_as_done_would() -> None:
+    backend = _backend()
+    pubsub = backend.client.pubsub()
+    pubsub.subscribe(backend.get_key_for_task("a"))
+    pubsub.get_message(timeout=1)  # the subscription itself
+    results.store(backend, [(_request("a"), {"ok": True}), (_request("b"), {"ok": False})])
+    assert backend.get_task_meta("a")["result"] == {"ok": True}
+    assert backend.get_task_meta("b")["status"] == "SUCCESS"
+    assert 0 < backend.client.ttl(backend.get_key_for_task("b")) <= 60
+    published = pubsub.get_message(timeout=1)
+    assert published is not None and json.loads(published["data"])["task_id"] == "a"
+
+    backend.mark_as_done("c", {"ok": True}, request=_request("c"))
+    ours = json.loads(backend.client.get(backend.get_key_for_task("a")))
+    celerys = json.loads(backend.client.get(backend.get_key_for_task("c")))
+    assert set(ours) == set(celerys)
+
+
+def test_a_stored_success_is_not_replaced_by_a_duplicate_run() -> None:
+    backend = _backend()
+    results.store(backend, [(_request("a"), {"ok": True, "result": 1})])
+    results.store(backend, [(_request("a"), {"ok": True, "result": 2}), (_request("b"), 3)])
+    assert backend.get_task_meta("a")["result"] == {"ok": True, "result": 1}
+    assert backend.get_task_meta("b")["result"] == 3
+
+
+def test_other_backends_and_chords_store_job_by_job() -> None:
+    class Recording:
+        def __init__(self) -> None:
+            self.stored: list[str] = []
+
+        def mark_as_done(self, job_id: str, result: Any, request: Any = None) -> None:
+            self.stored.append(job_id)
+
+    other = Recording()
+    results.store(other, [(_request("a"), 1), (_request("b"), 2)])  # type: ignore[arg-type]
+    assert other.stored == ["a", "b"]
+    backend = _backend()
+    backend.on_chord_part_return = lambda *args, **kwargs: None
+    results.store(backend, [(_request("a", chord={"x": 1}), 1)])
+    assert backend.get_task_meta("a")["result"] == 1
+
+
+class _Request:
+    def __init__(self, message: Any) -> None:
+        self.message = message
+        self.acknowledged = False
+        self.acked_alone = 0
+
+    def acknowledge(self) -> None:
+        self.acked_alone += 1
+        self.acknowledged = True
+
+
+class _Message:
+    acknowledged = False
+
+    def __init__(self, channel: object) -> None:
+        self.channel = channel
+
+
+def test_acks_on_other_transports_go_one_by_one() -> None:
+    channel = object()  # not a Redis channel (RabbitMQ, say)
+    requests = [_Request(_Message(channel)) for _ in range(3)]
+    requests[0].acknowledged = True
+    acks.acknowledge(requests)
+    assert [r.acked_alone for r in requests] == [0, 1, 1]
+
+
+def test_throughput_settings_reach_the_celery_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TASK_SENT_EVENTS", "WORKER_TASK_EVENTS", "SIGN_BATCH_INTERVAL_SECONDS"):
+        monkeypatch.delenv(f"TENANTKEYS_{name}", raising=False)
+    settings = load_settings()
+    assert settings.sign_batch_interval_seconds == 0.01  # the p99 <= 20 ms target needs it
+    conf = jobs.celery_config(settings)
+    assert conf["task_send_sent_event"] is False and conf["worker_send_task_events"] is True
+    monkeypatch.setenv("TENANTKEYS_TASK_SENT_EVENTS", "true")
+    monkeypatch.setenv("TENANTKEYS_WORKER_TASK_EVENTS", "false")
+    conf = jobs.celery_config(load_settings())
+    assert conf["task_send_sent_event"] is True and conf["worker_send_task_events"] is False
+
+
+def test_cached_label_children_still_refuse_unknown_values() -> None:
+    telemetry.record_cache_lookup("l1", "hit")  # binds the child
+    telemetry.record_signature("ok", 0.001)
+    with pytest.raises(ValueError, match="metric label layer="):
+        telemetry.record_cache_lookup("l3", "hit")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="metric label outcome="):
+        telemetry.record_signature("fine", None)  # type: ignore[arg-type]
