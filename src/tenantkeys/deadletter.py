@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tenantkeys.config import Settings
 from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.providers.local import load_or_create_key_file
 
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
@@ -366,28 +366,10 @@ def _entry(raw: Mapping[Any, Any]) -> DeadLetter:
 
 def load_or_create_key(path: Path) -> bytes:
     """Read the 32-byte dead-letter key, creating it (mode 0600) on first use."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = os.urandom(_KEY_BYTES)
-        # Written privately, then linked into place: a reader never sees half a key.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:  # another process won the race: use its key
-            return load_or_create_key(path)
-        finally:
-            tmp.unlink()
-        return key
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077 or len(data) != _KEY_BYTES:
-        raise ConfigurationError(
-            f"dead-letter key file {path} must hold {_KEY_BYTES} bytes with mode 0600 "
-            f"(has {len(data)} bytes, mode {mode:04o}); see TENANTKEYS_DEAD_LETTER_KEY_FILE",
-            code=ErrorCode.CONFIG_INVALID,
-        )
-    return data
+    return load_or_create_key_file(path, "dead-letter key file", _invalid_key)
+
+
+def _invalid_key(problem: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{problem}; see TENANTKEYS_DEAD_LETTER_KEY_FILE", code=ErrorCode.CONFIG_INVALID
+    )

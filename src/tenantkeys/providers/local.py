@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tenantkeys.errors import ConfigurationError, ErrorCode, IntegrityError
+from tenantkeys.errors import ConfigurationError, ErrorCode, IntegrityError, TenantKeysError
 from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, canonical_context
 
 _MAGIC = b"TKL1"
@@ -37,7 +38,7 @@ class LocalProvider(KmsProvider):
                 provider=self.name,
             )
         self._path = Path(master_key_file)
-        master = _load_or_create(self._path)
+        master = load_or_create_key_file(self._path, "local master key file", _invalid_master_key)
         self._aead = AESGCM(master)
         # A fingerprint names the master key without revealing it (first 8 bytes of SHA-256).
         self._key_id = "local:" + hashlib.sha256(b"tenantkeys-local" + master).hexdigest()[:16]
@@ -79,8 +80,15 @@ class LocalProvider(KmsProvider):
         )
 
 
-def _load_or_create(path: Path) -> bytes:
-    """Read the master key, creating it with mode 0600 on first use."""
+def load_or_create_key_file(
+    path: Path, describe: str, invalid: Callable[[str], TenantKeysError]
+) -> bytes:
+    """Read a 32-byte key file, creating it with mode 0600 on first use.
+
+    ``describe`` names the file in errors ("local master key file"); ``invalid(problem)`` builds
+    the error to raise when the file is unreadable, too open or the wrong size. The dead-letter
+    store keeps its key the same way.
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -94,23 +102,21 @@ def _load_or_create(path: Path) -> bytes:
         try:
             os.link(tmp, path)
         except FileExistsError:  # another process created it first: use theirs
-            return _load_or_create(path)
+            return load_or_create_key_file(path, describe, invalid)
         finally:
             tmp.unlink()
         return key
     except OSError as exc:
-        raise _invalid(path, f"cannot be read ({exc.strerror})") from exc
+        raise invalid(f"{describe} {path} cannot be read ({exc.strerror})") from exc
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise _invalid(path, f"has mode {mode:04o}; it must be readable by its owner only (0600)")
+        raise invalid(
+            f"{describe} {path} has mode {mode:04o}; it must be readable by its owner only (0600)"
+        )
     if len(data) != _KEY_BYTES:
-        raise _invalid(path, f"holds {len(data)} bytes, not a {_KEY_BYTES}-byte key")
+        raise invalid(f"{describe} {path} holds {len(data)} bytes, not a {_KEY_BYTES}-byte key")
     return data
 
 
-def _invalid(path: Path, problem: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"local master key file {path} {problem}",
-        code=ErrorCode.MASTER_KEY_INVALID,
-        provider="local",
-    )
+def _invalid_master_key(problem: str) -> ConfigurationError:
+    return ConfigurationError(problem, code=ErrorCode.MASTER_KEY_INVALID, provider="local")
