@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import fakeredis
 import pytest
 
 from tenantkeys import jobs
-from tenantkeys.deadletter import ArgumentSealer, DeadLetterStore
 from tenantkeys.errors import (
     ErrorCode,
     InvalidRequest,
     KmsPermissionError,
     TransientKmsError,
 )
-from tenantkeys.keys.cache import LocalKeyCache
-from tenantkeys.keys.kms import ProviderSet
-from tenantkeys.keys.service import KeyService
-from tenantkeys.keys.store import KeyStore
-from tenantkeys.providers import Context
-from tenantkeys.providers.local import LocalProvider
-from tenantkeys.resilience import RetryPolicy
 from tenantkeys.runner import JobRunner
+from tests.helpers import FlakyLocal, make_runner
 
 pytestmark = pytest.mark.unit
-
-
-class FlakyLocal(LocalProvider):
-    fail_with: Exception | None = None
-
-    def decrypt(self, ciphertext: bytes, context: Context) -> bytearray:
-        if self.fail_with is not None:
-            raise self.fail_with
-        return super().decrypt(ciphertext, context)
 
 
 @pytest.fixture
@@ -44,13 +26,7 @@ def provider(tmp_path: Path) -> FlakyLocal:
 
 @pytest.fixture
 def runner(tmp_path: Path, provider: FlakyLocal) -> JobRunner:
-    store = KeyStore.from_url(f"sqlite:///{tmp_path / 'keys.db'}")
-    store.migrate()
-    # L1 off, so every signature needs the KMS (the uncached case).
-    service = KeyService(store, ProviderSet.of(provider), LocalKeyCache(0, 10))
-    service.create_keys("acme")
-    deadletters = DeadLetterStore(fakeredis.FakeRedis(), "tk", ArgumentSealer(os.urandom(32)))
-    return JobRunner(service, deadletters, RetryPolicy(2, 0.1, 1.0), worker="w1")
+    return make_runner(tmp_path, provider, max_retries=2)
 
 
 def sign_kwargs(tenant: str = "acme", payload: bytes = b"hello") -> dict[str, object]:

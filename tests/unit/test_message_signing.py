@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from celery import Celery
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.serialization import dumps, loads, registry
 
 from tenantkeys.config import load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode
 from tenantkeys.message_signing import SIGNED, SIGNED_CONTENT_TYPE, setup_message_signing
+from tests.helpers import self_signed_identity
 
 pytestmark = pytest.mark.unit
 
@@ -53,29 +49,7 @@ def kombu_registry() -> Iterator[None]:
 
 def identity(directory: Path, name: str) -> tuple[Path, Path]:
     """A private key and a self-signed certificate (PEM files) named ``name``."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
+    return self_signed_identity(directory, name, days=1)
 
 
 def signing_env(monkeypatch: pytest.MonkeyPatch, key: Path, cert: Path, store: Path) -> None:

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import fakeredis
 import pytest
 from opentelemetry import trace
 from opentelemetry.propagate import inject
@@ -20,28 +19,13 @@ from prometheus_client import REGISTRY
 from tenantkeys import jobs, telemetry, tracing
 from tenantkeys.cli.processes import _remove_stale_metrics
 from tenantkeys.config import environment_with, load_settings
-from tenantkeys.deadletter import ArgumentSealer, DeadLetterStore
 from tenantkeys.errors import ConfigurationError, KmsPermissionError, TransientKmsError
-from tenantkeys.keys.cache import LocalKeyCache
-from tenantkeys.keys.kms import ProviderSet
-from tenantkeys.keys.service import KeyService
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.providers import Context
-from tenantkeys.providers.local import LocalProvider
-from tenantkeys.resilience import RetryPolicy
 from tenantkeys.runner import JobRunner, Outcome
 from tenantkeys.status import LazyStateProbe
+from tests.helpers import FlakyLocal, make_runner
 
 pytestmark = pytest.mark.unit
-
-
-class FlakyLocal(LocalProvider):
-    fail_with: Exception | None = None
-
-    def decrypt(self, ciphertext: bytes, context: Context) -> bytearray:
-        if self.fail_with is not None:
-            raise self.fail_with
-        return super().decrypt(ciphertext, context)
 
 
 @pytest.fixture
@@ -51,12 +35,7 @@ def provider(tmp_path: Path) -> FlakyLocal:
 
 @pytest.fixture
 def runner(tmp_path: Path, provider: FlakyLocal) -> JobRunner:
-    store = KeyStore.from_url(f"sqlite:///{tmp_path / 'keys.db'}")
-    store.migrate()
-    service = KeyService(store, ProviderSet.of(provider), LocalKeyCache(0, 10))  # L1 off
-    service.create_keys("acme")
-    deadletters = DeadLetterStore(fakeredis.FakeRedis(), "tk", ArgumentSealer(os.urandom(32)))
-    return JobRunner(service, deadletters, RetryPolicy(1, 0.1, 1.0), worker="w1")
+    return make_runner(tmp_path, provider, max_retries=1)
 
 
 def sign(payload: bytes = b"hello", tenant: str = "acme") -> dict[str, object]:

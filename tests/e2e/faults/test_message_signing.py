@@ -7,52 +7,25 @@ untrusted certificate get no signature and are recorded in the dead-letter store
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from celery import Celery
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from tenantkeys import jobs
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.faults.support import Job, distinctive_payload, fault_deployment, results
 from tests.e2e.harness import Deployment, wait_for
+from tests.helpers import self_signed_identity
 
 pytestmark = pytest.mark.e2e
 
 
 def make_identity(directory: Path, name: str) -> tuple[Path, Path]:
     """A private key and a self-signed certificate (PEM files) for producer ``name``."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
+    return self_signed_identity(directory, name)
 
 
 def producer(deployment: Deployment, key: Path, cert: Path, store: Path) -> Celery:
