@@ -75,7 +75,8 @@ class FakeKms(KmsProvider):
 
     def decrypt(self, ciphertext: bytes, context: Context) -> bytearray:
         self._gate("Decrypt")
-        bound, _, plaintext = ciphertext.rpartition(b"|")
+        # Split at the first "|": the random plaintext may contain that byte, the context not.
+        bound, _, plaintext = ciphertext.partition(b"|")
         if self.binds_context and bound != repr(sorted(context.items())).encode():
             raise IntegrityError("context mismatch", provider="local")
         return bytearray(b"\x00" * len(plaintext) if self.corrupt else plaintext)
