@@ -62,6 +62,13 @@ def create_app(settings: Settings) -> Celery:
         # In-memory schedule: the default shelve file is pickle, and the sweep is idempotent.
         beat_scheduler="celery.beat:Scheduler",
     )
+    if settings.effective_broker_url.startswith("redis://"):
+        # kombu's Redis transport, taking many messages per round trip (workers/transport.py).
+        app.conf.broker_transport = "workers.transport:Transport"
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "fetch_batch": settings.broker_fetch_batch,
+        }
     if settings.worker_concurrency is not None:
         app.conf.worker_concurrency = settings.worker_concurrency
     return app

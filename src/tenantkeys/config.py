@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(default=None, ge=1, le=512)
     #: 64 x concurrency messages in flight: enough to fill one signing batch per process.
     worker_prefetch_multiplier: int = Field(default=64, ge=1, le=10_000)
+    #: Redis broker: after each BRPOP a worker takes up to this many more messages in one
+    #: atomic round trip (workers/transport.py); 64 = one process's prefetch. 0 = kombu's own.
+    broker_fetch_batch: int = Field(default=64, ge=0, le=1_000)
     #: Single signing jobs are signed together, up to this many per call path.
     sign_batch_size: int = Field(default=100, ge=1, le=10_000)
     #: A partial batch waits at most this long. 10 ms keeps p99 under 20 ms at half load;

@@ -127,6 +127,33 @@ def _publish_undecodable(deployment: Deployment) -> None:
         )
 
 
+def test_submit_many_publishes_single_jobs_together(deployment: Deployment) -> None:
+    deployment.worker("w1")
+    with deployment.client() as client:
+        client.create_keys("acme", ["signing"], timeout=30)
+        client.create_keys("umbrella", ["signing"], timeout=30)
+        requests = [("acme" if i % 2 else "umbrella", b"evidence-%d" % i) for i in range(300)]
+        ids = [f"job-{uuid.uuid4()}" for _ in requests]
+        pending = client.submit_many(requests, job_ids=ids)
+        assert [p.job_id for p in pending] == ids
+        # The client polls for results: sending opened no result subscription per job.
+        backend = client.app.backend
+        channels = [backend.get_key_for_task(job_id) for job_id in ids[:20]]
+        assert all(n == 0 for _, n in backend.client.pubsub_numsub(*channels))
+        signatures = [p.result(timeout=60) for p in pending]
+        # Sent again with the same ids: the same results, no duplicates signed differently.
+        again = client.submit_many(requests, job_ids=ids)
+        assert [p.result(timeout=60).jws for p in again] == [s.jws for s in signatures]
+        with pytest.raises(InvalidRequest):
+            client.submit_many(requests, job_ids=ids[:1])
+        # Celery's own AsyncResult.get still works: it subscribes when it is called.
+        assert client.app.AsyncResult(ids[0]).get(timeout=30)["ok"] is True
+    runtime = deployment.runtime()
+    for (tenant, payload), signature in zip(requests, signatures, strict=True):
+        runtime.service.verify(tenant, payload, signature.jws)
+    runtime.close()
+
+
 def test_a_killed_worker_loses_no_job(deployment: Deployment) -> None:
     first = deployment.worker("w1")
     tenants = ["t1", "t2", "t3", "t4"]

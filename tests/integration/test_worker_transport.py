@@ -1,0 +1,187 @@
+"""The worker's Redis transport on a real Redis: many messages per round trip, each taken
+atomically, in kombu's own unacked format (so acks and ``restore_visible`` work unchanged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer, Queue
+
+from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
+
+pytestmark = pytest.mark.integration
+
+DB = 12
+URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
+TRANSPORT = "workers.transport:Transport"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        service_missing("Redis")
+    value = f"tktransport-{uuid.uuid4().hex[:8]}:"
+    yield value
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=DB)
+    keys = list(client.scan_iter(f"{value}*")) + list(client.scan_iter(f"_kombu.binding.*{value}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _queue(prefix: str) -> Queue:
+    name = f"q{prefix.rstrip(':')}"
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+
+
+def _publish(prefix: str, count: int) -> None:
+    """Published by kombu's stock transport, as producers do."""
+    queue = _queue(prefix)
+    with Connection(URL, transport_options={"global_keyprefix": prefix}) as conn:
+        producer = Producer(conn)
+        for i in range(count):
+            producer.publish(
+                {"n": i},
+                exchange=queue.exchange,
+                routing_key=queue.routing_key,
+                declare=[queue],
+                serializer="json",
+            )
+
+
+def _consumer(prefix: str, prefetch: int, fetch_batch: int = 16, **options: Any) -> Connection:
+    return Connection(
+        URL,
+        transport=TRANSPORT,
+        transport_options={"global_keyprefix": prefix, "fetch_batch": fetch_batch, **options},
+    )
+
+
+def _raw(prefix: str) -> redis.Redis:
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=DB)
+
+
+def _drain_once(conn: Connection, prefix: str, prefetch: int) -> list[Any]:
+    got: list[Any] = []
+    queue = _queue(prefix)
+    consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    conn.drain_events(timeout=5)
+    return got
+
+
+def test_one_round_trip_takes_a_batch_and_records_each_as_unacked(prefix: str) -> None:
+    _publish(prefix, 50)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100)
+        # One BRPOP, then the script: 1 + fetch_batch messages from one read event, in order.
+        assert [m.payload["n"] for m in got] == list(range(17))
+        assert raw.llen(queue_key) == 33
+        unacked = raw.hgetall(f"{prefix}unacked")
+        assert len(unacked) == 17 and raw.zcard(f"{prefix}unacked_index") == 17
+        for message in got:
+            # kombu's own format: [message, exchange, routing_key]; restore reads it back.
+            stored, exchange, routing_key = json.loads(unacked[message.delivery_tag.encode()])
+            assert stored["properties"]["delivery_tag"] == message.delivery_tag
+            assert (exchange, routing_key) == (_queue(prefix).name, _queue(prefix).name)
+        for message in got:
+            message.ack()
+        assert raw.hlen(f"{prefix}unacked") == 0 and raw.zcard(f"{prefix}unacked_index") == 0
+    raw.close()
+
+
+def test_the_prefetch_limit_bounds_the_batch(prefix: str) -> None:
+    _publish(prefix, 20)
+    with _consumer(prefix, prefetch=5) as conn:
+        got = _drain_once(conn, prefix, prefetch=5)
+        assert len(got) == 5
+        raw = _raw(prefix)
+        assert raw.llen(f"{prefix}{_queue(prefix).name}") == 15
+        raw.close()
+        for message in got:
+            message.ack()
+
+
+def test_fetch_batch_zero_is_kombus_one_message_per_round_trip(prefix: str) -> None:
+    _publish(prefix, 5)
+    with _consumer(prefix, prefetch=100, fetch_batch=0) as conn:
+        got = _drain_once(conn, prefix, prefetch=100)
+        assert len(got) == 1
+        got[0].ack()
+
+
+def test_a_foreign_item_is_left_in_the_queue(prefix: str) -> None:
+    _publish(prefix, 3)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    raw.lpush(queue_key, b"not a kombu message")  # newer than the three messages
+    # The list is now [garbage, m2, m1, m0] from head to tail: BRPOP takes m0, the script m1
+    # and m2, then meets the foreign item, puts it back where it was and stops.
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100)
+        assert [m.payload["n"] for m in got] == [0, 1, 2]
+        assert raw.lrange(queue_key, 0, -1) == [b"not a kombu message"]
+        for message in got:
+            message.ack()
+    raw.close()
+
+
+_KILLED_CONSUMER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from kombu import Connection, Exchange, Queue
+    url, prefix, name = sys.argv[1:4]
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with Connection(url, transport="workers.transport:Transport",
+                    transport_options={"global_keyprefix": prefix, "fetch_batch": 9}) as conn:
+        consumer = conn.Consumer([queue], callbacks=[lambda body, message: None])
+        consumer.qos(prefetch_count=100)
+        consumer.consume()
+        conn.drain_events(timeout=5)
+        os.kill(os.getpid(), signal.SIGKILL)  # no ack, no restore at shutdown
+    """
+)
+
+
+def test_a_killed_consumer_loses_nothing_and_restore_brings_all_back(prefix: str) -> None:
+    _publish(prefix, 30)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_CONSUMER, URL, prefix, _queue(prefix).name],
+        cwd=os.getcwd(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    # 1 by BRPOP + 9 by the script, all recorded as unacked; the other 20 still queued.
+    assert raw.hlen(f"{prefix}unacked") == 10 and raw.llen(queue_key) == 20
+    # kombu's own restore (a visibility timeout of 0: everything unacked is overdue).
+    with _consumer(prefix, prefetch=100, visibility_timeout=0) as conn:
+        conn.default_channel.qos.restore_visible(num=100)
+    assert raw.hlen(f"{prefix}unacked") == 0
+    bodies = sorted(json.loads(_body(item))["n"] for item in raw.lrange(queue_key, 0, -1))
+    assert bodies == list(range(30))
+    raw.close()
+
+
+def _body(item: bytes) -> bytes:
+    import base64
+
+    message = json.loads(item)
+    assert message["properties"]["body_encoding"] == "base64"
+    return base64.b64decode(message["body"])
