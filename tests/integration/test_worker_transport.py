@@ -39,19 +39,19 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
-def _queue(prefix: str) -> Queue:
-    name = f"q{prefix.rstrip(':')}"
+def _queue(prefix: str, suffix: str = "") -> Queue:
+    name = f"q{prefix.rstrip(':')}{suffix}"
     return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
 
 
-def _publish(prefix: str, count: int) -> None:
+def _publish(prefix: str, count: int, suffix: str = "", pad: int = 0) -> None:
     """Published by kombu's stock transport, as producers do."""
-    queue = _queue(prefix)
+    queue = _queue(prefix, suffix)
     with Connection(URL, transport_options={"global_keyprefix": prefix}) as conn:
         producer = Producer(conn)
         for i in range(count):
             producer.publish(
-                {"n": i},
+                {"n": i, "pad": "x" * pad},
                 exchange=queue.exchange,
                 routing_key=queue.routing_key,
                 declare=[queue],
@@ -71,10 +71,13 @@ def _raw(prefix: str) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=DB)
 
 
-def _drain_once(conn: Connection, prefix: str, prefetch: int) -> list[Any]:
+def _drain_once(
+    conn: Connection, prefix: str, prefetch: int, queues: list[Queue] | None = None, **options: Any
+) -> list[Any]:
     got: list[Any] = []
-    queue = _queue(prefix)
-    consumer = conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)])
+    consumer = conn.Consumer(
+        queues or [_queue(prefix)], callbacks=[lambda body, message: got.append(message)], **options
+    )
     consumer.qos(prefetch_count=prefetch)
     consumer.consume()
     conn.drain_events(timeout=5)
@@ -136,6 +139,82 @@ def test_a_foreign_item_is_left_in_the_queue(prefix: str) -> None:
         assert raw.lrange(queue_key, 0, -1) == [b"not a kombu message"]
         for message in got:
             message.ack()
+    raw.close()
+
+
+def test_queues_are_taken_in_turn(prefix: str) -> None:
+    _publish(prefix, 30, "-a")
+    _publish(prefix, 30, "-b")
+    queues = [_queue(prefix, "-a"), _queue(prefix, "-b")]
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100, queues=queues)
+        names = [m.delivery_info["routing_key"] for m in got]
+        assert len(names) == 17
+        # Not 16 from the first queue and 1 from the other: one each, in turn.
+        assert abs(names.count(queues[0].name) - names.count(queues[1].name)) <= 1
+        for message in got:
+            message.ack()
+
+
+def test_no_ack_consumers_are_left_to_brpop(prefix: str) -> None:
+    _publish(prefix, 10)
+    raw = _raw(prefix)
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100, no_ack=True)
+        # kombu records nothing for no_ack consumers; the script must not either.
+        assert len(got) == 1
+        assert raw.hlen(f"{prefix}unacked") == 0
+    raw.close()
+
+
+def test_large_messages_stop_the_batch_at_its_byte_budget(prefix: str) -> None:
+    _publish(prefix, 4, pad=600_000)
+    raw = _raw(prefix)
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100)
+        # BRPOP takes one; the script one more (600 KB of its 1 MiB budget), then stops.
+        assert [m.payload["n"] for m in got] == [0, 1]
+        assert raw.llen(f"{prefix}{_queue(prefix).name}") == 2
+        for message in got:
+            message.ack()
+    raw.close()
+
+
+def test_a_message_only_lua_can_parse_is_dropped_from_the_records(prefix: str) -> None:
+    _publish(prefix, 3)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    # cjson reads hex numbers, Python's json does not: the script takes it, Python cannot.
+    poison = b'{"properties": {"delivery_tag": "poison", "delivery_info": {}}, "n": 0x10}'
+    raw.lpush(queue_key, poison)
+    _publish(prefix, 2)
+    with _consumer(prefix, prefetch=100) as conn:
+        got = _drain_once(conn, prefix, prefetch=100)
+        assert [m.payload["n"] for m in got] == [0, 1, 2, 0, 1]
+        assert b"poison" not in raw.hkeys(f"{prefix}unacked")
+        assert raw.zscore(f"{prefix}unacked_index", "poison") is None
+        for message in got:
+            message.ack()
+        # kombu's restore still works (an undecodable record would make it fail).
+        conn.default_channel.qos.restore_visible(num=100)
+    assert raw.llen(queue_key) == 0
+    raw.close()
+
+
+def test_a_failing_script_leaves_every_message_queued(prefix: str) -> None:
+    _publish(prefix, 3)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    raw.set(f"{prefix}unacked_index", "not a sorted set")  # every ZADD now fails
+    with _consumer(prefix, prefetch=100) as conn:
+        channel = conn.default_channel
+        consumer = conn.Consumer([_queue(prefix)], callbacks=[lambda body, message: None])
+        consumer.consume()
+        with pytest.raises(redis.ResponseError):
+            channel._take_more()
+        # Recorded before popped: the failed write popped nothing.
+        assert raw.llen(queue_key) == 3
+        raw.delete(f"{prefix}unacked_index")
     raw.close()
 
 

