@@ -375,3 +375,35 @@ def test_instrument_celery_is_idempotent() -> None:
         assert CeleryInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
     finally:
         CeleryInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+
+
+_PROVIDER_PROBE = textwrap.dedent(
+    """
+    from opentelemetry import trace
+    from tenantkeys import tracing
+    installed = tracing.setup_tracing("probe")
+    tracer = trace.get_tracer("probe")
+    with tracer.start_as_current_span("job") as span:
+        print(installed is not None, span.is_recording())
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("exporter", "expected"), [(None, "False False"), ("console", "True True")]
+)
+def test_spans_are_recorded_only_when_an_exporter_is_configured(
+    exporter: str | None, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    if exporter is not None:
+        env["OTEL_TRACES_EXPORTER"] = exporter
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROVIDER_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert probe.stdout.splitlines()[0] == expected
