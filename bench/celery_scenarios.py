@@ -63,30 +63,55 @@ def single_burst(
     w: Workers, collector: Collector, tenants: list[str], count: int, plain_queue: str | None = None
 ) -> dict[str, Any]:
     """Publish ``count`` single-payload jobs as fast as one thread can; time until all are done."""
-    ids: list[str] = []
-    started = time.perf_counter()
-    for i in range(count):
-        sent_at = time.perf_counter()
-        job_id = _send(w, tenants[i % len(tenants)], plain_queue)
-        collector.track(job_id, sent_at)
-        ids.append(job_id)
-    published = time.perf_counter()
-    if not collector.wait(ids, RESULT_TIMEOUT):
-        raise TimeoutError(f"results of {count} jobs did not all arrive")
-    elapsed = collector.last_done(ids) - started
-    latencies = collector.latencies_ms(ids)
-    return {
-        "jobs": count,
-        "jobs_per_s": round(count / elapsed, 1),
-        "producer_publish_per_s": round(count / (published - started), 1),
-        "failed": collector.failed,
-        **percentiles(latencies),
-    }
+    return _burst(w, collector, tenants, count, plain_queue, chunk=1)
 
 
 #: Jobs per ``submit_many`` call in the pipelined bursts: what an upstream service holding a
 #: queue of evidence records would hand over at once (one Redis round trip for all of them).
 PIPELINE_CHUNK = 100
+
+
+def pipelined_burst(
+    w: Workers, collector: Collector, tenants: list[str], count: int, plain_queue: str | None = None
+) -> dict[str, Any]:
+    """Like :func:`single_burst`, but each single-payload job is published in a pipeline of
+    ``PIPELINE_CHUNK`` (``SigningClient.submit_many``): one job, one payload, one result each."""
+    return _burst(w, collector, tenants, count, plain_queue, chunk=PIPELINE_CHUNK)
+
+
+def _burst(
+    w: Workers,
+    collector: Collector,
+    tenants: list[str],
+    count: int,
+    plain_queue: str | None,
+    chunk: int,
+) -> dict[str, Any]:
+    ids: list[str] = []
+    started = time.perf_counter()
+    for first in range(0, count, chunk):
+        pairs = [
+            (tenants[i % len(tenants)], PAYLOAD) for i in range(first, min(count, first + chunk))
+        ]
+        sent_at = time.perf_counter()
+        if chunk == 1:
+            sent = [_send(w, pairs[0][0], plain_queue)]
+        else:
+            sent = _send_many(w, pairs, plain_queue)
+        for job_id in sent:
+            collector.track(job_id, sent_at)
+            ids.append(job_id)
+    published = time.perf_counter()
+    if not collector.wait(ids, RESULT_TIMEOUT):
+        raise TimeoutError(f"results of {count} jobs did not all arrive")
+    elapsed = collector.last_done(ids) - started
+    return {
+        "jobs": count,
+        "jobs_per_s": round(count / elapsed, 1),
+        "producer_publish_per_s": round(count / (published - started), 1),
+        "failed": collector.failed,
+        **percentiles(collector.latencies_ms(ids)),
+    }
 
 
 def _send_many(w: Workers, pairs: list[tuple[str, bytes]], plain_queue: str | None) -> list[str]:
@@ -105,35 +130,6 @@ def _send_many(w: Workers, pairs: list[tuple[str, bytes]], plain_queue: str | No
                 producer=producer,
             )
     return ids
-
-
-def pipelined_burst(
-    w: Workers, collector: Collector, tenants: list[str], count: int, plain_queue: str | None = None
-) -> dict[str, Any]:
-    """Like :func:`single_burst`, but each single-payload job is published in a pipeline of
-    ``PIPELINE_CHUNK`` (``SigningClient.submit_many``): one job, one payload, one result each."""
-    ids: list[str] = []
-    started = time.perf_counter()
-    for first in range(0, count, PIPELINE_CHUNK):
-        pairs = [
-            (tenants[i % len(tenants)], PAYLOAD)
-            for i in range(first, min(count, first + PIPELINE_CHUNK))
-        ]
-        sent_at = time.perf_counter()
-        for job_id in _send_many(w, pairs, plain_queue):
-            collector.track(job_id, sent_at)
-            ids.append(job_id)
-    published = time.perf_counter()
-    if not collector.wait(ids, RESULT_TIMEOUT):
-        raise TimeoutError(f"results of {count} pipelined jobs did not all arrive")
-    elapsed = collector.last_done(ids) - started
-    return {
-        "jobs": count,
-        "jobs_per_s": round(count / elapsed, 1),
-        "producer_publish_per_s": round(count / (published - started), 1),
-        "failed": collector.failed,
-        **percentiles(collector.latencies_ms(ids)),
-    }
 
 
 def drain(w: Workers, collector: Collector, tenants: list[str], count: int) -> dict[str, Any]:
