@@ -242,7 +242,8 @@ class SigningClient:
         pipelines them (one round trip per ``PUBLISH_BATCH`` messages instead of one each).
         If the broker fails part way, :class:`TransientError` says so and no job is known to
         be queued: send the same requests again with the same ``job_ids`` (ids make the
-        duplicates harmless).
+        duplicates harmless). Pass your own ids (say, the evidence records' ids) so that a
+        resend after such an error is possible.
         """
         pairs = list(requests)
         if job_ids is not None and len(job_ids) != len(pairs):
@@ -266,7 +267,7 @@ class SigningClient:
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise TransientError(
                 f"the broker did not accept all of {len(pairs)} jobs ({type(exc).__name__}); "
-                "send them again with the same job ids",
+                "send them again with the same job_ids",
                 code=ErrorCode.BROKER_UNAVAILABLE,
             ) from exc
         return pending

@@ -71,4 +71,4 @@ def test_submit_many_to_a_dead_broker_is_a_transient_broker_error(
     ):
         client.submit_many([("acme", b"a"), ("acme", b"b")], job_ids=["j1", "j2"])
     assert failed.value.code == "TK-BROKER-UNAVAILABLE"
-    assert "same job ids" in str(failed.value)
+    assert "same job_ids" in str(failed.value)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -264,3 +265,49 @@ def _body(item: bytes) -> bytes:
     message = json.loads(item)
     assert message["properties"]["body_encoding"] == "base64"
     return base64.b64decode(message["body"])
+
+
+def test_a_failing_callback_propagates_and_the_rest_goes_back_to_the_queue(prefix: str) -> None:
+    _publish(prefix, 6)
+    raw = _raw(prefix)
+    queue_key = f"{prefix}{_queue(prefix).name}"
+    seen: list[int] = []
+
+    def callback(body: Any, message: Any) -> None:
+        seen.append(body["n"])
+        if body["n"] == 2:
+            raise KeyError("from the task callback")  # kombu counts KeyError as a connection error
+        message.ack()
+
+    with _consumer(prefix, prefetch=100) as conn:
+        consumer = conn.Consumer([_queue(prefix)], callbacks=[callback])
+        consumer.qos(prefetch_count=100)
+        consumer.consume()
+        # As with kombu's own BRPOP path, the callback's error reaches the caller...
+        with pytest.raises(KeyError):
+            conn.drain_events(timeout=5)
+        assert seen == [0, 1, 2]
+        # ... and the messages taken after it are queued again at once, not left unacked.
+        assert raw.llen(queue_key) == 3
+        assert raw.hlen(f"{prefix}unacked") == 1  # message 2: delivered, neither acked nor lost
+    raw.close()
+
+
+def test_a_closing_channel_takes_no_new_batch(prefix: str) -> None:
+    raw = _raw(prefix)
+    got: list[int] = []
+    conn = _consumer(prefix, prefetch=100)
+    try:
+        consumer = conn.Consumer([_queue(prefix)], callbacks=[lambda b, m: got.append(b["n"])])
+        consumer.qos(prefetch_count=100)
+        consumer.consume()
+        channel = consumer.channel
+        conn.transport.cycle._register_BRPOP(channel)  # a BRPOP in flight, as between hub ticks
+        _publish(prefix, 20)
+        time.sleep(0.2)
+        channel.close()  # reads the pending BRPOP reply (one message), takes nothing more
+        assert len(got) <= 1
+        assert raw.llen(f"{prefix}{_queue(prefix).name}") == 20  # the one read is restored
+    finally:
+        conn.release()
+        raw.close()
