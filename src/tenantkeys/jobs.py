@@ -76,6 +76,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             1, min(60, settings.broker_visibility_timeout_seconds // 10)
         )
         transport["unacked_restore_throttle"] = 1
+        # That restore runs under a Redis lock, and a worker killed while holding it blocks
+        # every other worker's restores until it expires: kombu's 300 s would dwarf a short
+        # visibility timeout, so it is half the timeout (at least 5 s, at most kombu's 300 s).
+        transport["unacked_mutex_expire"] = max(
+            5, min(300, settings.broker_visibility_timeout_seconds // 2)
+        )
         # Queues live under the deployment's prefix, like every other key we write.
         transport["global_keyprefix"] = f"{settings.redis_prefix}:"
     results: dict[str, Any] = {}

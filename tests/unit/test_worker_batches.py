@@ -146,3 +146,18 @@ def test_a_redis_broker_gets_the_batched_fetch_transport() -> None:
         assert "fetch_batch" not in on_rabbit.conf.broker_transport_options
     finally:
         worker_app.app.set_current()
+
+
+@pytest.mark.parametrize(("visibility", "expire"), [(10, 5), (200, 100), (3600, 300)])
+def test_a_dead_restorer_blocks_restores_for_half_a_visibility_timeout(
+    visibility: int, expire: int
+) -> None:
+    settings = load_settings(
+        broker_url="redis://127.0.0.1:6379/12",
+        broker_visibility_timeout_seconds=visibility,
+        retry_cap_seconds=1,
+        task_soft_time_limit_seconds=2,
+        task_time_limit_seconds=3,
+    )
+    options = jobs.celery_config(settings)["broker_transport_options"]
+    assert options["unacked_mutex_expire"] == expire
