@@ -20,8 +20,9 @@ takes at most the room the QoS has left), fairness (queues are taken in turn, in
 round-robin order, priority levels first), ``no_ack`` consumers (their queues, e.g. Celery's
 reply queues, are left to BRPOP) and large messages (the script stops at ``_BYTE_BUDGET``
 bytes, so a backlog of 1-2 MB ``sign_batch`` messages is read one BRPOP at a time and never
-holds Redis up for long). A message the script cannot parse is never handed to the consumer:
-it is removed from the unacked records and logged, as kombu's own BRPOP path would drop it.
+holds Redis up for long). A message the script cannot read a tag from stays queued for BRPOP;
+one the script can read but Python's JSON cannot is removed from the unacked records and
+logged, never handed to the consumer (kombu's own BRPOP path would drop it too).
 """
 
 from __future__ import annotations

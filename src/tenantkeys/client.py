@@ -67,6 +67,14 @@ def _polling_backend(url: str) -> str:
     return url
 
 
+def _sign_kwargs(tenant_id: str, payload: bytes, canonical_json: bool) -> dict[str, Any]:
+    """Arguments of one ``sign`` job (``canonical_json`` only when asked for)."""
+    kwargs: dict[str, Any] = {"tenant_id": tenant_id, "payload": jobs.encode_payload(payload)}
+    if canonical_json:
+        kwargs["canonical_json"] = True
+    return kwargs
+
+
 def _signature(result: Any) -> Signature:
     if not isinstance(result, Mapping):
         raise TenantKeysError("a signing job returned no signature")
@@ -223,9 +231,7 @@ class SigningClient:
         job_id: str | None = None,
     ) -> PendingSignature:
         """Send one signing job without waiting (workers batch such jobs together)."""
-        kwargs = {"tenant_id": tenant_id, "payload": jobs.encode_payload(payload)}
-        if canonical_json:
-            kwargs["canonical_json"] = True  # type: ignore[assignment]
+        kwargs = _sign_kwargs(tenant_id, payload, canonical_json)
         return PendingSignature(self, self.send(jobs.SIGN, kwargs, job_id=job_id), kwargs)
 
     def submit_many(
@@ -256,12 +262,7 @@ class SigningClient:
                 producer.batch(max_size=PUBLISH_BATCH),
             ):
                 for (tenant_id, payload), job_id in zip(pairs, ids, strict=True):
-                    kwargs: dict[str, Any] = {
-                        "tenant_id": tenant_id,
-                        "payload": jobs.encode_payload(payload),
-                    }
-                    if canonical_json:
-                        kwargs["canonical_json"] = True
+                    kwargs = _sign_kwargs(tenant_id, payload, canonical_json)
                     self._publish(jobs.SIGN, kwargs, job_id, producer)
                     pending.append(PendingSignature(self, job_id, kwargs))
         except (OperationalError, redis.RedisError, OSError) as exc:

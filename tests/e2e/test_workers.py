@@ -202,7 +202,7 @@ def _broker_state(deployment: Deployment) -> str:
     redis = redis_client(deployment.settings)
     queue = redis.llen(f"{deployment.prefix}:{jobs.SIGN_QUEUE}")
     unacked = redis.hlen(f"{deployment.prefix}:unacked")
-    # kombu's restore of a dead worker's unacked jobs runs under this lock (300 s expiry).
+    # kombu's restore of a dead worker's unacked jobs runs under this lock (see jobs.py).
     mutex = redis.ttl(f"{deployment.prefix}:unacked_mutex")
     return f"sign queue length {queue}, unacked {unacked}, restore mutex ttl {mutex}"
 
