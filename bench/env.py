@@ -21,7 +21,7 @@ import redis
 
 from bench.harness import Mode
 from tenantkeys.config import ENV_PREFIX, Settings, load_settings
-from tenantkeys.runtime import Runtime, build_runtime
+from tenantkeys.keys.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,15 @@ from celery import Celery
 
 from tenantkeys import jobs
 from tenantkeys.config import load_settings
-from tenantkeys.runtime import Runtime, build_runtime
+from tenantkeys.keys.runtime import Runtime, build_runtime
+from tenantkeys.queue.config import celery_config
 
 TASK = "tkbench.plain_sign"
 QUEUE = os.environ.get("TKBENCH_PLAIN_QUEUE", "tkbench.plain")
 
 settings = load_settings()
 app = Celery("tkbench-plain", set_as_current=True)
-app.conf.update(jobs.celery_config(settings))
+app.conf.update(celery_config(settings))
 app.conf.update(task_default_queue=QUEUE, task_routes={TASK: {"queue": QUEUE}})
 _runtime: tuple[int, Runtime] | None = None
 

@@ -15,7 +15,7 @@ import psutil
 from bench.env import tenant_name
 from bench.harness import PAYLOAD
 from tenantkeys.config import load_settings
-from tenantkeys.runtime import build_runtime
+from tenantkeys.keys.runtime import build_runtime
 
 MB = 2**20
 

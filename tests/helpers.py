@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tenantkeys.deadletter import ArgumentSealer, DeadLetterStore
+from tenantkeys.jobs.deadletters import ArgumentSealer, DeadLetterStore
+from tenantkeys.jobs.runner import JobRunner
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey, utcnow
@@ -24,7 +25,6 @@ from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import Context, KmsProvider
 from tenantkeys.providers.local import LocalProvider
 from tenantkeys.resilience import RetryPolicy
-from tenantkeys.runner import JobRunner
 
 
 class StatementCounter:

@@ -27,15 +27,17 @@ from celery.concurrency.prefork import TaskPool
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.entity import Exchange, Queue
 
-from tenantkeys import __version__, jobs, telemetry, tracing
+from tenantkeys import __version__, jobs, telemetry
+from tenantkeys.admin.status import LazyStateProbe
 from tenantkeys.config import Settings, load_settings
-from tenantkeys.deadletter import DeadLetterStore
+from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.jobs.runner import JobRunner
+from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.message_signing import setup_message_signing
+from tenantkeys.queue.config import celery_config
+from tenantkeys.queue.message_signing import setup_message_signing
 from tenantkeys.resilience import Resilience, RetryPolicy
-from tenantkeys.runner import JobRunner
-from tenantkeys.runtime import Runtime, build_runtime, redis_client
-from tenantkeys.status import LazyStateProbe
+from tenantkeys.telemetry import tracing
 from workers.beat import beat_schedule
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def _queues() -> list[Any]:
 def create_app(settings: Settings) -> Celery:
     """A Celery app with the queues, (signed) JSON messages and failure semantics of jobs."""
     app = Celery("tenantkeys", set_as_current=True)
-    app.conf.update(jobs.celery_config(settings))
+    app.conf.update(celery_config(settings))
     # Workers and Beat publish too (retries, the rotation sweep): they sign with their own key,
     # whose certificate must be in the store like every producer's.
     setup_message_signing(app, settings)
@@ -57,14 +59,14 @@ def create_app(settings: Settings) -> Celery:
         task_queues=_queues(),
         imports=("workers.tasks",),
         # Our consumer records undecodable and unknown-task messages as dead letters.
-        worker_consumer="workers.dead_letter:DeadLetterConsumer",
+        worker_consumer="workers.consumer:DeadLetterConsumer",
         beat_schedule=beat_schedule(settings),
         # In-memory schedule: the default shelve file is pickle, and the sweep is idempotent.
         beat_scheduler="celery.beat:Scheduler",
     )
     if settings.effective_broker_url.startswith("redis://"):
         # kombu's Redis transport, taking many messages per round trip (workers/transport.py).
-        app.conf.broker_transport = "workers.transport:Transport"
+        app.conf.broker_transport = "workers.fastpath.transport:Transport"
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             "fetch_batch": settings.broker_fetch_batch,

@@ -1,7 +1,7 @@
 """Beat's schedule: the rotation sweep, every ``TENANTKEYS_ROTATION_SWEEP_INTERVAL_SECONDS``.
 
 Running two Beat processes by mistake is safe: the sweep holds a Redis lock and each rotation
-is conditional on the version the sweep saw (see :mod:`tenantkeys.rotation`).
+is conditional on the version the sweep saw (see :mod:`tenantkeys.keys.rotation`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The tasks: thin adapters from Celery requests to :class:`tenantkeys.runner.JobRunner`.
+"""The tasks: thin adapters from Celery requests to :class:`tenantkeys.jobs.runner.JobRunner`.
 
 Single ``sign`` jobs are aggregated on the worker with celery-batches: messages are buffered by
 the consumer and handed to one pool call (up to ``sign_batch_size`` jobs, or whatever arrived
@@ -20,13 +20,15 @@ from celery import Task
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from tenantkeys import jobs, telemetry, tracing
+from tenantkeys import jobs, telemetry
 from tenantkeys.errors import ErrorCode, TransientKmsError
+from tenantkeys.jobs.runner import Outcome
+from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.resilience import RetryPolicy
-from tenantkeys.rotation import RotationSweep
-from tenantkeys.runner import Outcome
-from workers import acks, dead_letter, results
+from tenantkeys.telemetry import tracing
+from workers import consumer
 from workers.app import WorkerProcess, app, current, settings
+from workers.fastpath import acks, results
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ def _retry_or_dead_letter(task: SignBatches, request: Any, info: Any) -> None:
                 f"{attempts} times ({type(getattr(info, 'exception', info)).__name__})",
                 code=ErrorCode.KMS_TIMEOUT,
             )
-            entry = dead_letter.store().add(
+            entry = consumer.store().add(
                 task=jobs.SIGN,
                 job_id=request.id,
                 kwargs=kwargs,

@@ -24,7 +24,7 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 
-from tenantkeys import jobs, tracing
+from tenantkeys import jobs
 from tenantkeys.config import Settings
 from tenantkeys.errors import (
     ErrorCode,
@@ -34,7 +34,9 @@ from tenantkeys.errors import (
     TransientError,
 )
 from tenantkeys.keys.service import Signature
-from tenantkeys.message_signing import setup_message_signing
+from tenantkeys.queue.config import celery_config
+from tenantkeys.queue.message_signing import setup_message_signing
+from tenantkeys.telemetry import tracing
 
 #: The typed result of a signing job (what ``tenantkeys sign --via-queue`` prints).
 SignResult = Signature
@@ -113,7 +115,7 @@ class SigningClient:
     def from_settings(cls, settings: Settings) -> SigningClient:
         """A client with its own Celery app (broker, backend and JSON settings of the workers)."""
         app = Celery("tenantkeys-client", set_as_current=False)
-        app.conf.update(jobs.celery_config(settings))
+        app.conf.update(celery_config(settings))
         app.conf.result_backend = _polling_backend(app.conf.result_backend)
         # With TENANTKEYS_MESSAGE_SIGNING on, jobs are signed with this producer's key.
         setup_message_signing(app, settings)

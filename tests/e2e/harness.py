@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 from tenantkeys.client import SigningClient
 from tenantkeys.config import ENV_PREFIX, Settings, load_settings
-from tenantkeys.deadletter import DeadLetterStore
+from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.resilience import Resilience
-from tenantkeys.runtime import Runtime, build_runtime, redis_client
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port
 
 REDIS_DB = 12

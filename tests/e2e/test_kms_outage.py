@@ -127,7 +127,7 @@ def test_kms_outage_cached_tenants_sign_the_rest_dead_letter_then_replay(
 def _reset_elapsed(deployment: Deployment) -> bool:
     import time
 
-    from tenantkeys.runtime import redis_client
+    from tenantkeys.keys.runtime import redis_client
 
     opened = redis_client(deployment.settings).get(
         f"{deployment.prefix}:breaker:aws:pybreaker:opened_at"

@@ -27,9 +27,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tenantkeys import tracing
 from tenantkeys.errors import InvalidRequest
-from tenantkeys.rotation import RotationSweep
+from tenantkeys.keys.rotation import RotationSweep
+from tenantkeys.telemetry import tracing
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
 from tests.e2e.harness import Deployment, wait_for
 from tests.integration.test_api_metrics import sample_names, used_metrics

@@ -20,6 +20,7 @@ from tenantkeys.keys.model import Purpose
 from tenantkeys.keys.service import KeyService, Signature
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers.local import LocalProvider
+from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
 
@@ -103,7 +104,7 @@ def test_jobs_and_bad_messages_through_the_queue(deployment: Deployment) -> None
 def _publish_undecodable(deployment: Deployment) -> None:
     exchange = Exchange(jobs.EXCHANGE, type="direct")
     options = deployment.settings
-    transport = jobs.celery_config(options)["broker_transport_options"]
+    transport = celery_config(options)["broker_transport_options"]
     with Connection(options.effective_broker_url, transport_options=transport) as conn:
         producer = Producer(conn, exchange=exchange)
         headers = {"task": jobs.SIGN, "id": str(uuid.uuid4()), "lang": "py"}
@@ -197,7 +198,7 @@ def test_a_killed_worker_loses_no_job(deployment: Deployment) -> None:
 
 
 def _broker_state(deployment: Deployment) -> str:
-    from tenantkeys.runtime import redis_client
+    from tenantkeys.keys.runtime import redis_client
 
     redis = redis_client(deployment.settings)
     queue = redis.llen(f"{deployment.prefix}:{jobs.SIGN_QUEUE}")
@@ -233,7 +234,7 @@ def test_two_beats_rotate_each_due_key_exactly_once(redis_deployment: Deployment
         client.wait(first, 30), client.wait(second, 30)
     wait_for(lambda: not store.due(datetime.now(UTC), limit=1), 60, "every due key rotated")
     last_key = f"{deployment.prefix}:sweep:last"
-    from tenantkeys.runtime import redis_client
+    from tenantkeys.keys.runtime import redis_client
 
     redis = redis_client(options)
     seen = {redis.get(last_key)}

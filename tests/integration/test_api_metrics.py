@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tenantkeys.config import load_settings
-from tenantkeys.rotation import RotationSweep
-from tenantkeys.runtime import build_runtime
+from tenantkeys.keys.rotation import RotationSweep
+from tenantkeys.keys.runtime import build_runtime
 from tests.integration.test_alert_rules import (
     PROMETHEUS_METRICS,
     dashboard_exprs,

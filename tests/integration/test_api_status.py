@@ -1,4 +1,4 @@
-"""``tenantkeys.status`` against real services: queue depth read from Redis and RabbitMQ, the
+"""``tenantkeys.admin.status`` against real services: queue depth read from Redis and RabbitMQ, the
 state probe behind ``/metrics``, and readiness naming Redis when it is gone."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tenantkeys import jobs
+from tenantkeys.admin.status import BrokerProbe, StatusSources, collect_status, state_probe
 from tenantkeys.api import create_app
 from tenantkeys.client import SigningClient
 from tenantkeys.config import Settings, load_settings
-from tenantkeys.runtime import build_runtime
-from tenantkeys.status import BrokerProbe, StatusSources, collect_status, state_probe
+from tenantkeys.keys.runtime import build_runtime
 from tests.conftest import free_port, port_open, service_missing
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from tenantkeys import jobs
-from tenantkeys.deadletter import ArgumentSealer, DeadLetterStore, SealedJob
 from tenantkeys.errors import CircuitOpenError, TransientKmsError
+from tenantkeys.jobs.deadletters import ArgumentSealer, DeadLetterStore, SealedJob
 from tenantkeys.resilience import Resilience
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 DB = 12
 URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
-TRANSPORT = "workers.transport:Transport"
+TRANSPORT = "workers.fastpath.transport:Transport"
 
 
 @pytest.fixture
@@ -225,7 +225,7 @@ _KILLED_CONSUMER = textwrap.dedent(
     from kombu import Connection, Exchange, Queue
     url, prefix, name = sys.argv[1:4]
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    with Connection(url, transport="workers.transport:Transport",
+    with Connection(url, transport="workers.fastpath.transport:Transport",
                     transport_options={"global_keyprefix": prefix, "fetch_batch": 9}) as conn:
         consumer = conn.Consumer([queue], callbacks=[lambda body, message: None])
         consumer.qos(prefetch_count=100)

@@ -15,11 +15,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.errors import TenantKeysError
+from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.jobs.runner import JobRunner
 from tenantkeys.keys.service import KeyService
 from tenantkeys.resilience import RetryPolicy
-from tenantkeys.runner import JobRunner
 
 CASES: Counter[str] = Counter()
 #: The issue's bar: this many generated hostile cases per full run.

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer
 
 from tenantkeys import jobs
+from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.faults.support import fault_deployment, results
 from tests.e2e.harness import Deployment, wait_for
@@ -65,7 +66,7 @@ def _is_json(data: bytes) -> bool:
 
 def _publish(deployment: Deployment, messages: list[dict[str, Any]]) -> None:
     options = deployment.settings
-    transport = jobs.celery_config(options)["broker_transport_options"]
+    transport = celery_config(options)["broker_transport_options"]
     with Connection(options.effective_broker_url, transport_options=transport) as conn:
         producer = Producer(conn, exchange=Exchange(jobs.EXCHANGE, type="direct"))
         for message in messages:

@@ -2,7 +2,7 @@
 
 Swapped rows, forged kids, a JWS replayed under another tenant, and cache entries crafted to
 collide or planted under another tenant's name: all refused. Hypothesis drives the job
-arguments through the worker's decode path (:class:`tenantkeys.runner.JobRunner`).
+arguments through the worker's decode path (:class:`tenantkeys.jobs.runner.JobRunner`).
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tenantkeys.api.auth import Role, TokenTable
-from tenantkeys.api.checks import (
+from tenantkeys.admin.checks import (
     KmsHealthCache,
     check_kms,
     error_code,
@@ -20,6 +19,7 @@ from tenantkeys.api.checks import (
     validate_configured,
     validate_provider,
 )
+from tenantkeys.api.auth import Role, TokenTable
 from tenantkeys.api.errors import http_status
 from tenantkeys.errors import (
     CacheUnavailable,

@@ -12,12 +12,17 @@ import fakeredis
 import pytest
 
 from tenantkeys import jobs
-from tenantkeys.deadletter import ArgumentSealer, DeadLetterStore, SealedJob, load_or_create_key
 from tenantkeys.errors import (
     ConfigurationError,
     InvalidRequest,
     KmsPermissionError,
     TransientKmsError,
+)
+from tenantkeys.jobs.deadletters import (
+    ArgumentSealer,
+    DeadLetterStore,
+    SealedJob,
+    load_or_create_key,
 )
 
 pytestmark = pytest.mark.unit

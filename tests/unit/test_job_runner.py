@@ -13,7 +13,7 @@ from tenantkeys.errors import (
     KmsPermissionError,
     TransientKmsError,
 )
-from tenantkeys.runner import JobRunner
+from tenantkeys.jobs.runner import JobRunner
 from tests.helpers import FlakyLocal, make_runner
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from kombu.serialization import dumps, loads, registry
 
 from tenantkeys.config import load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode
-from tenantkeys.message_signing import SIGNED, SIGNED_CONTENT_TYPE, setup_message_signing
+from tenantkeys.queue.message_signing import SIGNED, SIGNED_CONTENT_TYPE, setup_message_signing
 from tests.helpers import self_signed_identity
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantkeys import telemetry, tracing
+from tenantkeys import telemetry
 from tenantkeys.errors import (
     CircuitOpenError,
     InvalidRequest,
@@ -27,6 +27,7 @@ from tenantkeys.errors import (
     TransientKmsError,
 )
 from tenantkeys.providers import SUPPORTED
+from tenantkeys.telemetry import tracing
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.unit
@@ -380,7 +381,7 @@ def test_instrument_celery_is_idempotent() -> None:
 _PROVIDER_PROBE = textwrap.dedent(
     """
     from opentelemetry import trace
-    from tenantkeys import tracing
+    from tenantkeys.telemetry import tracing
     installed = tracing.setup_tracing("probe")
     tracer = trace.get_tracer("probe")
     with tracer.start_as_current_span("job") as span:

@@ -10,9 +10,10 @@ import pytest
 from celery import Celery
 from celery_batches import SimpleRequest
 
-from tenantkeys import jobs, telemetry
+from tenantkeys import telemetry
 from tenantkeys.config import load_settings
-from workers import acks, results
+from tenantkeys.queue.config import celery_config
+from workers.fastpath import acks, results
 
 pytestmark = pytest.mark.unit
 
@@ -113,11 +114,11 @@ def test_throughput_settings_reach_the_celery_config(monkeypatch: pytest.MonkeyP
         monkeypatch.delenv(f"TENANTKEYS_{name}", raising=False)
     settings = load_settings()
     assert settings.sign_batch_interval_seconds == 0.005  # the p99 <= 20 ms target needs it
-    conf = jobs.celery_config(settings)
+    conf = celery_config(settings)
     assert conf["task_send_sent_event"] is False and conf["worker_send_task_events"] is True
     monkeypatch.setenv("TENANTKEYS_TASK_SENT_EVENTS", "true")
     monkeypatch.setenv("TENANTKEYS_WORKER_TASK_EVENTS", "false")
-    conf = jobs.celery_config(load_settings())
+    conf = celery_config(load_settings())
     assert conf["task_send_sent_event"] is True and conf["worker_send_task_events"] is False
 
 
@@ -137,7 +138,7 @@ def test_a_redis_broker_gets_the_batched_fetch_transport() -> None:
         on_redis = worker_app.create_app(
             load_settings(broker_url="redis://127.0.0.1:6379/12", broker_fetch_batch=32)
         )
-        assert on_redis.conf.broker_transport == "workers.transport:Transport"
+        assert on_redis.conf.broker_transport == "workers.fastpath.transport:Transport"
         assert on_redis.conf.broker_transport_options["fetch_batch"] == 32
         on_rabbit = worker_app.create_app(
             load_settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
@@ -159,5 +160,5 @@ def test_a_dead_restorer_blocks_restores_for_half_a_visibility_timeout(
         task_soft_time_limit_seconds=2,
         task_time_limit_seconds=3,
     )
-    options = jobs.celery_config(settings)["broker_transport_options"]
+    options = celery_config(settings)["broker_transport_options"]
     assert options["unacked_mutex_expire"] == expire

@@ -16,13 +16,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from tenantkeys import jobs, telemetry, tracing
+from tenantkeys import jobs, telemetry
+from tenantkeys.admin.status import LazyStateProbe
 from tenantkeys.cli.processes import _remove_stale_metrics
 from tenantkeys.config import environment_with, load_settings
 from tenantkeys.errors import ConfigurationError, KmsPermissionError, TransientKmsError
+from tenantkeys.jobs.runner import JobRunner, Outcome
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.runner import JobRunner, Outcome
-from tenantkeys.status import LazyStateProbe
+from tenantkeys.telemetry import tracing
 from tests.helpers import FlakyLocal, make_runner
 
 pytestmark = pytest.mark.unit

@@ -1,6 +1,6 @@
 """The ops HTTP API (FastAPI): health, admin, JWKS and metrics.
 
-``create_app`` and ``serve`` are imported lazily, so importing :mod:`tenantkeys.api.checks`
+``create_app`` and ``serve`` are imported lazily, so importing :mod:`tenantkeys.admin.checks`
 (the CLI does) does not import FastAPI. ``tenantkeys.api:app`` builds an app from the
 environment on first access, for ``uvicorn tenantkeys.api:app``.
 """

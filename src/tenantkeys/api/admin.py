@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from tenantkeys.admin.status import collect_status
 from tenantkeys.api.auth import AdminOnly, AnyRole
 from tenantkeys.api.errors import error_responses
 from tenantkeys.api.health import services
@@ -35,7 +36,6 @@ from tenantkeys.api.models import (
 )
 from tenantkeys.errors import ErrorCode, InvalidRequest, KeyNotFound
 from tenantkeys.keys.model import validate_tenant_id
-from tenantkeys.status import collect_status
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 public = APIRouter(tags=["jwks"])

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from tenantkeys import telemetry
-from tenantkeys.api.checks import PartCheck, check_broker, check_database, check_kms, check_redis
+from tenantkeys.admin.checks import PartCheck, check_broker, check_database, check_kms, check_redis
 from tenantkeys.api.errors import RETRY_AFTER_SECONDS, error_body
 from tenantkeys.api.models import ErrorDetail, KmsHealth, Liveness, PartStatus, Readiness
 from tenantkeys.api.services import ApiServices

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from typing import Any
 
 from tenantkeys import __version__, telemetry
+from tenantkeys.admin.checks import KmsHealthCache, validate_configured
+from tenantkeys.admin.status import BrokerProbe, StatusSources, make_state_probe
 from tenantkeys.api.auth import TokenTable
-from tenantkeys.api.checks import KmsHealthCache, validate_configured
 from tenantkeys.config import Settings
-from tenantkeys.deadletter import DeadLetterStore, SealedJob
 from tenantkeys.errors import ConfigurationError, InvalidRequest, TenantKeysError
+from tenantkeys.jobs.deadletters import DeadLetterStore, SealedJob
+from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.resilience import Resilience
-from tenantkeys.runtime import Runtime, build_runtime, redis_client
-from tenantkeys.status import BrokerProbe, StatusSources, make_state_probe
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ def validate_command() -> None:
     Calls the KMS directly, not through the circuit breaker, so an open breaker does not hide
     what is wrong. A failed step carries its error code and a remedy.
     """
-    from tenantkeys.api.checks import validate_configured
+    from tenantkeys.admin.checks import validate_configured
 
     report = validate_configured(runtime().service.providers.current)
     emit(report.to_dict())
@@ -40,6 +40,6 @@ def validate_command() -> None:
 @admin_group.command("status")
 def status_command() -> None:
     """Provider, cache hit rate, KMS calls, last sweep, rotations, dead letters, breaker."""
-    from tenantkeys.status import collect_status
+    from tenantkeys.admin.status import collect_status
 
     emit(collect_status(runtime()))

@@ -9,7 +9,7 @@ import click
 
 from tenantkeys.config import Settings, load_settings
 from tenantkeys.keys.model import KeyVersion
-from tenantkeys.runtime import Runtime, build_runtime
+from tenantkeys.keys.runtime import Runtime, build_runtime
 
 
 def settings() -> Settings:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import click
 
 from tenantkeys.cli.context import emit, settings
-from tenantkeys.deadletter import DeadLetterStore, SealedJob
 from tenantkeys.errors import ErrorCode, InvalidRequest
-from tenantkeys.runtime import redis_client
+from tenantkeys.jobs.deadletters import DeadLetterStore, SealedJob
+from tenantkeys.keys.runtime import redis_client
 
 
 def _store() -> DeadLetterStore:

@@ -23,6 +23,7 @@ from tenantkeys.cli.context import settings
 from tenantkeys.cli.stack import LocalStack
 from tenantkeys.config import ENV_PREFIX, Settings, environment_with, load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.queue.config import celery_config
 
 DEMO_TENANTS = ("acme", "globex", "initech")
 #: Addresses Flower may bind without basic auth: reachable from this machine only.
@@ -135,7 +136,7 @@ def _ping_worker(config: Settings, hostname: str | None, timeout: float) -> str 
 
     node = host_format(default_nodename(hostname))
     app = Celery("tenantkeys-probe", set_as_current=False)
-    app.conf.update(jobs.celery_config(config))
+    app.conf.update(celery_config(config))
     app.conf.broker_connection_timeout = timeout
     try:
         with app.connection_for_write() as conn:
@@ -266,7 +267,7 @@ def demo_command(payloads: int) -> None:
 
 def _forget_prefix(demo: Settings) -> None:
     """Delete every Redis key the demo wrote (all under its private prefix)."""
-    from tenantkeys.runtime import redis_available, redis_client
+    from tenantkeys.keys.runtime import redis_available, redis_client
 
     client = redis_client(demo)
     try:
@@ -295,7 +296,7 @@ def _demo_settings(workdir: Path, redis_url: str) -> dict[str, Any]:
 
 def _run_demo(demo: Settings, count: int, stack: LocalStack) -> dict[str, Any]:
     from tenantkeys.client import SigningClient
-    from tenantkeys.runtime import build_runtime
+    from tenantkeys.keys.runtime import build_runtime
 
     with SigningClient.from_settings(demo) as client:
         # The first job also waits for the worker to start.

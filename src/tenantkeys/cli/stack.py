@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from tenantkeys.config import Settings, environment_with
 from tenantkeys.errors import CacheUnavailable
-from tenantkeys.runtime import redis_available, redis_client
+from tenantkeys.keys.runtime import redis_available, redis_client
 
 log = logging.getLogger(__name__)
 #: How the children run the ``tenantkeys`` command (no reliance on PATH).

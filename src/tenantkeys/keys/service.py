@@ -19,7 +19,7 @@ import rfc8785
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tenantkeys import signing, telemetry, tracing
+from tenantkeys import signing, telemetry
 from tenantkeys.errors import (
     ErrorCode,
     IntegrityError,
@@ -34,6 +34,7 @@ from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import canonical_context
+from tenantkeys.telemetry import tracing
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import pytest
 from celery import Celery
 
 from tenantkeys import jobs
+from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.faults.support import Job, distinctive_payload, fault_deployment, results
 from tests.e2e.harness import Deployment, wait_for
@@ -30,7 +31,7 @@ def make_identity(directory: Path, name: str) -> tuple[Path, Path]:
 
 def producer(deployment: Deployment, key: Path, cert: Path, store: Path) -> Celery:
     app = Celery("producer", set_as_current=False)
-    app.conf.update(jobs.celery_config(deployment.settings))
+    app.conf.update(celery_config(deployment.settings))
     app.conf.update(task_serializer="auth", accept_content=["auth"])
     app.setup_security(
         allowed_serializers=["json"],

@@ -13,10 +13,10 @@ from tenantkeys import jobs
 from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.model import Purpose
+from tenantkeys.keys.runtime import redis_client
 from tenantkeys.keys.service import KeyService
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers.local import LocalProvider
-from tenantkeys.runtime import redis_client
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.support import (
     EventCapture,

@@ -18,7 +18,6 @@ from typing import Any, cast, get_args
 import redis
 
 from tenantkeys import jobs, telemetry
-from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.errors import (
     CacheUnavailable,
     ErrorCode,
@@ -26,6 +25,7 @@ from tenantkeys.errors import (
     TenantKeysError,
     TransientError,
 )
+from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.model import KeyVersion, Purpose
 from tenantkeys.keys.service import KeyService
 from tenantkeys.resilience import RetryPolicy, as_error, classify

@@ -14,7 +14,7 @@ recorded, never neither: those messages have no lost-message window, and they co
 consumer one round trip between them and no re-encoding (the script stores the text it read).
 
 What stays as kombu has it: the message format, the unacked keys and the restore path (so
-producers, ``restore_visible`` and the batched acks of ``workers.acks`` need no change, and
+producers, ``restore_visible`` and the batched acks of ``workers.fastpath.acks`` need no change, and
 workers on the stock transport can share queues with these), the prefetch limit (the script
 takes at most the room the QoS has left), fairness (queues are taken in turn, in the consumer's
 round-robin order, priority levels first), ``no_ack`` consumers (their queues, e.g. Celery's
@@ -220,6 +220,6 @@ class Channel(redis_transport.Channel):
 
 
 class Transport(redis_transport.Transport):
-    """``broker_transport = "workers.transport:Transport"`` for a ``redis://`` broker."""
+    """``broker_transport = "workers.fastpath.transport:Transport"`` for a ``redis://`` broker."""
 
     Channel = Channel

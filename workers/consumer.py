@@ -21,10 +21,10 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
 from tenantkeys import jobs
-from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.errors import ErrorCode, InvalidRequest
-from tenantkeys.message_signing import SIGNED_CONTENT_TYPE
-from tenantkeys.runtime import redis_client
+from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.keys.runtime import redis_client
+from tenantkeys.queue.message_signing import SIGNED_CONTENT_TYPE
 from workers.app import settings
 
 log = logging.getLogger(__name__)

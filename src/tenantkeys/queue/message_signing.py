@@ -70,7 +70,7 @@ class TrustedCertificates(CertStore):  # type: ignore[misc]
 def setup_message_signing(app: Celery, settings: Settings) -> None:
     """Make ``app`` sign what it publishes and accept only signed task messages.
 
-    Call after ``app.conf.update(jobs.celery_config(settings))``; does nothing when message
+    Call after ``app.conf.update(celery_config(settings))``; does nothing when message
     signing is off; raises :class:`ConfigurationError` if its files are missing.
     """
     files = settings.message_signing_files()

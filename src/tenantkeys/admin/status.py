@@ -28,12 +28,13 @@ import redis
 
 from tenantkeys import jobs, telemetry
 from tenantkeys.config import Settings
-from tenantkeys.deadletter import DeadLetterStore
 from tenantkeys.errors import CacheUnavailable, TenantKeysError
+from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.cache import CacheStats
+from tenantkeys.keys.rotation import RotationSweep
+from tenantkeys.keys.runtime import Runtime, build_runtime
+from tenantkeys.queue.config import celery_config
 from tenantkeys.resilience import Resilience
-from tenantkeys.rotation import RotationSweep
-from tenantkeys.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,7 +61,7 @@ class BrokerProbe:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerProbe:
-        config = jobs.celery_config(settings)
+        config = celery_config(settings)
         return cls(config["broker_url"], config["broker_transport_options"])
 
     def ping(self) -> None:

@@ -19,28 +19,18 @@ Two kinds of metric:
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Final, Literal, get_args
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    REGISTRY,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
-    multiprocess,
-    start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from tenantkeys.errors import (
     CircuitOpenError,
@@ -50,7 +40,7 @@ from tenantkeys.errors import (
     TransientKmsError,
 )
 from tenantkeys.providers import SUPPORTED
-from tenantkeys.tracing import kms_span
+from tenantkeys.telemetry.tracing import kms_span
 
 #: Content type of :func:`render_metrics` output, for the ``/metrics`` response.
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -149,7 +139,7 @@ def _choices(allowed: object) -> tuple[str, ...]:
     return allowed if isinstance(allowed, tuple) else get_args(allowed)
 
 
-def _check(label: str, value: str, allowed: object) -> str:
+def check_label(label: str, value: str, allowed: object) -> str:
     """Refuse a label value outside its fixed set: a typo must not mint a new series."""
     choices = _choices(allowed)
     if value not in choices:
@@ -166,7 +156,7 @@ _SIGNATURE_CHILDREN: dict[str, Counter] = {}
 def configure_prices(prices: Mapping[str, float]) -> None:
     """Set USD per request for some providers; the others keep :data:`DEFAULT_KMS_PRICES_USD`."""
     for provider, price in prices.items():
-        _check("provider", provider, PROVIDERS)
+        check_label("provider", provider, PROVIDERS)
         if not price >= 0:
             raise ValueError(f"KMS price for {provider!r} must be >= 0, got {price!r}")
     _prices.update(DEFAULT_KMS_PRICES_USD)
@@ -192,9 +182,9 @@ def record_kms_call(
     provider: str, operation: KmsOperation, outcome: KmsOutcome, seconds: float
 ) -> None:
     """Count one KMS request, its duration and its estimated cost."""
-    _check("provider", provider, PROVIDERS)
-    _check("operation", operation, KmsOperation)
-    _check("outcome", outcome, KmsOutcome)
+    check_label("provider", provider, PROVIDERS)
+    check_label("operation", operation, KmsOperation)
+    check_label("outcome", outcome, KmsOutcome)
     KMS_REQUESTS.labels(provider, operation, outcome).inc()
     KMS_DURATION.labels(provider, operation).observe(max(seconds, 0.0))
     price = _prices[provider]
@@ -226,7 +216,7 @@ def record_cache_lookup(layer: CacheLayer, result: CacheResult) -> None:
     child = _CACHE_CHILDREN.get((layer, result))
     if child is None:
         child = CACHE_LOOKUPS.labels(
-            _check("layer", layer, CacheLayer), _check("result", result, CacheResult)
+            check_label("layer", layer, CacheLayer), check_label("result", result, CacheResult)
         )
         _CACHE_CHILDREN[(layer, result)] = child
     child.inc()
@@ -244,7 +234,7 @@ def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
     """
     child = _SIGNATURE_CHILDREN.get(outcome)
     if child is None:
-        child = SIGNATURES.labels(_check("outcome", outcome, SignatureOutcome))
+        child = SIGNATURES.labels(check_label("outcome", outcome, SignatureOutcome))
         _SIGNATURE_CHILDREN[outcome] = child
     child.inc()
     if seconds is not None:
@@ -254,7 +244,7 @@ def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
 def record_rotation(purpose: Purpose, outcome: RotationOutcome) -> None:
     """Count one rotation attempt of a (tenant, purpose) key."""
     ROTATIONS.labels(
-        _check("purpose", purpose, Purpose), _check("outcome", outcome, RotationOutcome)
+        check_label("purpose", purpose, Purpose), check_label("outcome", outcome, RotationOutcome)
     ).inc()
 
 
@@ -264,7 +254,7 @@ def prime(provider: str) -> None:
     Prometheus' instrumentation guide: initialise labelled metrics to zero at start-up. The
     API and the worker (its parent, before the pool forks) call this once at start.
     """
-    _check("provider", provider, PROVIDERS)
+    check_label("provider", provider, PROVIDERS)
     for operation in get_args(KmsOperation):
         KMS_DURATION.labels(provider, operation)
         for outcome in get_args(KmsOutcome):
@@ -282,137 +272,4 @@ def prime(provider: str) -> None:
 
 def set_build_info(version: str, provider: str) -> None:
     """Publish ``tenantkeys_build_info{version, provider} 1`` (one series per deployment)."""
-    BUILD_INFO.labels(version, _check("provider", provider, PROVIDERS)).set(1)
-
-
-@dataclass(frozen=True)
-class ServiceState:
-    """Shared state read at scrape time; ``None`` (or a missing key) means unknown, not exported."""
-
-    last_sweep_timestamp: float | None = None
-    keys_overdue_rotation: int | None = None
-    oldest_active_key_age_seconds: float | None = None
-    dead_letter_depth: int | None = None
-    dead_letter_oldest_age_seconds: float | None = None
-    breaker_states: Mapping[str, BreakerState] = field(default_factory=dict)
-    queue_depths: Mapping[Queue, int] = field(default_factory=dict)
-
-
-#: Reads Redis, the broker and the key store; must answer in well under the scrape timeout.
-StateProbe = Callable[[], ServiceState]
-
-#: name -> help of the gauges :class:`StateCollector` exports.
-STATE_GAUGES: Final[Mapping[str, str]] = {
-    "tenantkeys_rotation_last_sweep_timestamp_seconds": "Unix time the last rotation sweep ended.",
-    "tenantkeys_keys_overdue_rotation": "Active keys past their rotate_after time.",
-    "tenantkeys_oldest_active_key_age_seconds": "Age of the oldest active key.",
-    "tenantkeys_dead_letter_depth": "Entries in the dead-letter store.",
-    "tenantkeys_dead_letter_oldest_age_seconds": "Age of the oldest dead letter; 0 when empty.",
-    "tenantkeys_circuit_breaker_state": "KMS circuit breaker: 0 closed, 1 half-open, 2 open.",
-    "tenantkeys_queue_depth": "Messages waiting in a broker queue.",
-}
-
-
-class StateCollector(Collector):
-    """Exports a :class:`ServiceState` as gauges; a failing probe exports none of them."""
-
-    def __init__(self, probe: StateProbe) -> None:
-        self._probe = probe
-
-    def collect(self) -> Iterable[Metric]:
-        # A broken probe (Redis down, a bad label value) must not take the event metrics down.
-        try:
-            return _state_metrics(self._probe())
-        except Exception:
-            _log.warning("state probe failed; shared-state metrics omitted", exc_info=True)
-            return []
-
-
-def _state_metrics(state: ServiceState) -> list[Metric]:
-    scalars = {
-        "tenantkeys_rotation_last_sweep_timestamp_seconds": state.last_sweep_timestamp,
-        "tenantkeys_keys_overdue_rotation": state.keys_overdue_rotation,
-        "tenantkeys_oldest_active_key_age_seconds": state.oldest_active_key_age_seconds,
-        "tenantkeys_dead_letter_depth": state.dead_letter_depth,
-        "tenantkeys_dead_letter_oldest_age_seconds": state.dead_letter_oldest_age_seconds,
-    }
-    metrics: list[Metric] = [
-        GaugeMetricFamily(name, STATE_GAUGES[name], value=value)
-        for name, value in scalars.items()
-        if value is not None
-    ]
-    name = "tenantkeys_circuit_breaker_state"
-    breaker = GaugeMetricFamily(name, STATE_GAUGES[name], labels=["provider"])
-    for provider, breaker_state in state.breaker_states.items():
-        value = BREAKER_STATE_VALUES[_check("state", breaker_state, BreakerState)]
-        breaker.add_metric([_check("provider", provider, PROVIDERS)], value)
-    name = "tenantkeys_queue_depth"
-    queues = GaugeMetricFamily(name, STATE_GAUGES[name], labels=["queue"])
-    for queue, depth in state.queue_depths.items():
-        queues.add_metric([_check("queue", queue, Queue)], depth)
-    return [*metrics, breaker, queues]
-
-
-class _Exposition(Collector):
-    """This process's metrics, or all processes' in multiprocess mode, plus shared state."""
-
-    def __init__(
-        self, multiproc_dir: str | os.PathLike[str] | None, probe: StateProbe | None
-    ) -> None:
-        self._events: Collector = (
-            REGISTRY
-            if multiproc_dir is None
-            else multiprocess.MultiProcessCollector(None, path=os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]
-        )
-        self._state = None if probe is None else StateCollector(probe)
-
-    def collect(self) -> Iterable[Metric]:
-        yield from self._events.collect()
-        if self._state is not None:
-            yield from self._state.collect()
-
-
-def render_metrics(
-    multiproc_dir: str | os.PathLike[str] | None, state_probe: StateProbe | None = None
-) -> bytes:
-    """The ``/metrics`` body (content type :data:`CONTENT_TYPE`).
-
-    Pass the ``PROMETHEUS_MULTIPROC_DIR`` in effect: with it, the values of every process
-    writing there are merged; without it, this process's values are shown.
-    """
-    return generate_latest(_Exposition(multiproc_dir, state_probe))
-
-
-def start_worker_exporter(
-    port: int,
-    multiproc_dir: str | os.PathLike[str] | None,
-    state_probe: StateProbe | None = None,
-    addr: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the worker from outside its pod
-) -> WSGIServer:
-    """Serve ``/metrics`` on ``addr:port`` from a daemon thread; ``shutdown()`` stops it.
-
-    Start it in the worker's parent process (``worker_init``), not in the pool children.
-    """
-    server, _thread = start_http_server(
-        port, addr, registry=_Exposition(multiproc_dir, state_probe)
-    )
-    return server
-
-
-def reset_multiproc_dir(multiproc_dir: str | os.PathLike[str]) -> None:
-    """Delete the value files of a previous run; call in the worker parent before the pool forks.
-
-    This process's own files are kept: it opened them when this module was imported, and
-    deleting an open file would silently drop what it records from then on.
-    """
-    path = Path(multiproc_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    own = f"_{os.getpid()}.db"
-    for db in path.glob("*.db"):
-        if not db.name.endswith(own):
-            db.unlink()
-
-
-def process_exited(pid: int, multiproc_dir: str | os.PathLike[str]) -> None:
-    """Drop a dead pool child's ``live*`` gauge values (``worker_process_shutdown``)."""
-    multiprocess.mark_process_dead(pid, os.fspath(multiproc_dir))  # type: ignore[no-untyped-call]
+    BUILD_INFO.labels(version, check_label("provider", provider, PROVIDERS)).set(1)

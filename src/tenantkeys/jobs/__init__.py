@@ -1,0 +1,65 @@
+"""Jobs: the contract every producer and worker shares (:mod:`.contract`), the runner that
+decides what happens to a job (:mod:`.runner`), and the dead-letter store with its one replay
+(:mod:`.deadletters`).
+
+This face re-exports the contract only: importing it (as the producer client does) pulls in no
+database, cache or KMS code.
+"""
+
+from __future__ import annotations
+
+from tenantkeys.jobs.contract import (
+    CREATE_KEYS,
+    ENQUEUED_AT_HEADER,
+    EXCHANGE,
+    KEYS_QUEUE,
+    MAINTENANCE_QUEUE,
+    MAX_BATCH_ITEMS,
+    QUEUES,
+    REVOKE_KEY,
+    ROTATE_KEY,
+    ROTATION_SWEEP,
+    ROUTES,
+    SIGN,
+    SIGN_BATCH,
+    SIGN_QUEUE,
+    argsrepr,
+    decode_payload,
+    describe_payload,
+    encode_payload,
+    enqueued_at,
+    error_from,
+    failed,
+    ok,
+    redact,
+    tenant_of,
+    unwrap,
+)
+
+__all__ = [
+    "CREATE_KEYS",
+    "ENQUEUED_AT_HEADER",
+    "EXCHANGE",
+    "KEYS_QUEUE",
+    "MAINTENANCE_QUEUE",
+    "MAX_BATCH_ITEMS",
+    "QUEUES",
+    "REVOKE_KEY",
+    "ROTATE_KEY",
+    "ROTATION_SWEEP",
+    "ROUTES",
+    "SIGN",
+    "SIGN_BATCH",
+    "SIGN_QUEUE",
+    "argsrepr",
+    "decode_payload",
+    "describe_payload",
+    "encode_payload",
+    "enqueued_at",
+    "error_from",
+    "failed",
+    "ok",
+    "redact",
+    "tenant_of",
+    "unwrap",
+]
