@@ -27,6 +27,8 @@ from tenantkeys.errors import ConfigurationError, ErrorCode
 from tenantkeys.providers import SUPPORTED
 
 ENV_PREFIX = "TENANTKEYS_"
+#: The KMS providers TENANTKEYS_KMS_PROVIDER may name (each is registered in tenantkeys.providers).
+KMS_PROVIDERS = SUPPORTED
 SETUP_DOCS = {
     "local": "docs/setup/KMS_QUICKSTART.md",
     "aws": "docs/setup/AWS_KMS_SETUP.md",

@@ -39,13 +39,13 @@ from tenantkeys.errors import (
     KmsPermissionError,
     TransientKmsError,
 )
-from tenantkeys.providers import SUPPORTED
+from tenantkeys.config import KMS_PROVIDERS
 from tenantkeys.telemetry.tracing import kms_span
 
 #: Content type of :func:`render_metrics` output, for the ``/metrics`` response.
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 #: Values of the ``provider`` label: the registered KMS providers.
-PROVIDERS: Final = SUPPORTED
+PROVIDERS: Final = KMS_PROVIDERS
 
 KmsOperation = Literal["encrypt", "decrypt", "generate_data_key", "describe", "health"]
 KmsOutcome = Literal["ok", "transient", "permission", "config", "integrity", "error"]
