@@ -32,6 +32,7 @@ from prometheus_client import (
     Histogram,
 )
 
+from tenantkeys.config import KMS_PROVIDERS
 from tenantkeys.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -39,7 +40,6 @@ from tenantkeys.errors import (
     KmsPermissionError,
     TransientKmsError,
 )
-from tenantkeys.config import KMS_PROVIDERS
 from tenantkeys.telemetry.tracing import kms_span
 
 #: Content type of :func:`render_metrics` output, for the ``/metrics`` response.
