@@ -2,8 +2,8 @@
 
 Redis is shared with other users of this machine, so the bench writes only to database 8 under
 a private prefix and deletes every key under it when it closes. moto and OpenBao are started
-with the helpers the integration tests use (``tests/servers``) on free loopback ports and
-stopped by their own handles.
+with the stand-ins the integration tests use (:mod:`tenantkeys.testing`) on free loopback ports
+and stopped by their own handles.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from bench.harness import Mode
 from tenantkeys.config import ENV_PREFIX, Settings, load_settings
 from tenantkeys.keys.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from tenantkeys.testing.moto_kms import MotoKms
+    from tenantkeys.testing.openbao import OpenBao
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +48,13 @@ class BenchEnv:
         self.redis_url = redis_url
         self.prefix = f"tkbench-{uuid.uuid4().hex[:10]}"
         self.keep = keep
-        self._moto: Any = None
-        self._openbao: Any = None
+        self._moto: MotoKms | None = None
+        self._openbao: OpenBao | None = None
         self._runtime: Runtime | None = None
         self._tenants = 0
         self._aws_runtime: Runtime | None = None
         self._aws_count = 0
         self.redis_ok = _answers(redis_url)
-        if REPO_ROOT.as_posix() not in sys.path:
-            sys.path.insert(0, REPO_ROOT.as_posix())  # tests.servers helpers
 
     # -- settings ------------------------------------------------------------------------
 
@@ -105,10 +106,10 @@ class BenchEnv:
 
     # -- KMS servers ---------------------------------------------------------------------
 
-    def moto(self) -> Any:
+    def moto(self) -> MotoKms:
         """A running moto KMS server (started on first use); sets test AWS credentials."""
         if self._moto is None:
-            from tests.servers.moto_kms import MotoKms
+            from tenantkeys.testing.moto_kms import MotoKms
 
             os.environ.update(AWS_TEST_CREDENTIALS)
             os.environ.pop("AWS_PROFILE", None)
@@ -117,10 +118,10 @@ class BenchEnv:
             self._moto = server
         return self._moto
 
-    def openbao(self) -> Any:
+    def openbao(self) -> OpenBao | None:
         """A running OpenBao dev server with Transit enabled, or None if ``bao`` is missing."""
         if self._openbao is None:
-            from tests.servers.openbao import OpenBao, find_bao
+            from tenantkeys.testing.openbao import OpenBao, find_bao
 
             binary = find_bao()
             if binary is None:

@@ -34,7 +34,7 @@ def build_service(
 ) -> KeyService:
     """A fresh KeyService (empty L1, own KMS counters) on the run's store and Redis."""
     store = KeyStore.from_url(settings.database_url)
-    providers = ProviderSet(settings.kms_provider, settings.stored_key_options)
+    providers = ProviderSet.from_settings(settings)
     l2 = None
     if with_l2:
         l2 = WrappedKeyCache(

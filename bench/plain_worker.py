@@ -1,7 +1,7 @@
 """Scenario 4's worker: plain Celery, one ordinary task per payload, no aggregation.
 
 Same broker, result backend, JSON serializer and ack settings as the service
-(:func:`tenantkeys.jobs.celery_config`), and the same KeyService with a warm L1, so the only
+(:func:`tenantkeys.queue.config.celery_config`), and the same KeyService with a warm L1, so the only
 difference from scenario 3 is what the service adds on top: batching single jobs together.
 Run as ``celery -A bench.plain_worker worker -Q <queue>`` with the run's ``TENANTKEYS_*``.
 """

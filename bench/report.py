@@ -95,7 +95,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, met?) for each target of issue 7 that this run measured."""
+    """(target, measured, met?) for each target (bench/targets.py) that this run measured."""
     from bench.targets import evaluate
 
     return evaluate(results, references(results))
@@ -117,7 +117,7 @@ def markdown_block(results: dict[str, Any]) -> str:
             "",
             table(results),
             "",
-            "| target (issue 7) | measured | met |",
+            "| target | measured | met |",
             "|---|---|---|",
             rows,
             "",

@@ -1,4 +1,4 @@
-"""The targets of issue 7, checked against one results file (a report, never an assertion)."""
+"""The performance targets, checked against one results file (a report, never an assertion)."""
 
 from __future__ import annotations
 

@@ -32,13 +32,16 @@ from tenantkeys.admin.status import LazyStateProbe
 from tenantkeys.config import Settings, load_settings
 from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.jobs.runner import JobRunner
+from tenantkeys.keys.kms import check_providers
 from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.queue.config import celery_config
 from tenantkeys.queue.message_signing import setup_message_signing
+from tenantkeys.queue.tracing import instrument_celery
 from tenantkeys.resilience import Resilience, RetryPolicy
 from tenantkeys.telemetry import tracing
 from workers.beat import beat_schedule
+from workers.fastpath.transport import Transport as FastpathTransport
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,9 @@ def create_app(settings: Settings) -> Celery:
         beat_scheduler="celery.beat:Scheduler",
     )
     if settings.effective_broker_url.startswith("redis://"):
-        # kombu's Redis transport, taking many messages per round trip (workers/transport.py).
-        app.conf.broker_transport = "workers.fastpath.transport:Transport"
+        # kombu's Redis transport, many messages per round trip, none lost on a SIGKILL
+        # (workers/fastpath/transport.py); the class itself, so an import error shows here.
+        app.conf.broker_transport = FastpathTransport
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             "fetch_batch": settings.broker_fetch_batch,
@@ -77,6 +81,8 @@ def create_app(settings: Settings) -> Celery:
 
 
 settings = load_settings()
+# Fail fast in the parent, before the pool forks: a provider with missing settings stops here.
+check_providers(settings)
 app = create_app(settings)
 
 
@@ -89,6 +95,10 @@ class WorkerProcess:
     resilience: Resilience
     deadletters: DeadLetterStore
     runner: JobRunner
+
+    def observe_cache(self) -> None:
+        """Publish the size of this process's L1 (a gauge summed over live processes)."""
+        telemetry.set_l1_entries(len(self.runtime.service.l1))
 
     def close(self) -> None:
         self.runtime.close()
@@ -193,7 +203,7 @@ def _serve_metrics(port: int, directory: Any) -> None:
 
 def _start_tracing() -> None:
     tracing.setup_tracing("tenantkeys-worker")
-    tracing.instrument_celery()
+    instrument_celery()
 
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]

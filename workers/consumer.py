@@ -20,59 +20,60 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from tenantkeys import jobs
 from tenantkeys.errors import ErrorCode, InvalidRequest
-from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.jobs.deadletters import Attempt, DeadLetterStore, DeadLetterWriter
+from tenantkeys.jobs.runner import Outcome
 from tenantkeys.keys.runtime import redis_client
 from tenantkeys.queue.message_signing import SIGNED_CONTENT_TYPE
 from workers.app import settings
+from workers.outcomes import Finished, ResultOnly, write_results
 
 log = logging.getLogger(__name__)
 #: What the workers accept, for the reason of a refused message.
 _ACCEPTED = "JSON signed by a trusted certificate" if settings.message_signing else "JSON"
-_store: DeadLetterStore | None = None
+_writer: DeadLetterWriter | None = None
 
 
-def store() -> DeadLetterStore:
-    """The consumer process's dead-letter store (the parent worker process, not the pool)."""
-    global _store  # noqa: PLW0603 - one per process
-    if _store is None:
-        _store = DeadLetterStore.from_settings(settings, redis_client(settings))
-    return _store
+def writer() -> DeadLetterWriter:
+    """The parent worker process's dead-letter writer (the consumer's, and lost batches')."""
+    global _writer  # noqa: PLW0603 - one per process
+    if _writer is None:
+        store = DeadLetterStore.from_settings(settings, redis_client(settings))
+        _writer = DeadLetterWriter(store)
+    return _writer
 
 
-def record_message(message: Any, reason: str, code: ErrorCode, hostname: str) -> str | None:
-    """Store ``message`` as a dead letter; return its entry id (None if the store failed)."""
+def record_message(
+    message: Any, reason: str, code: ErrorCode, hostname: str
+) -> tuple[str, dict[str, Any]] | None:
+    """Store ``message`` as a dead letter: ``(job id, failed envelope)``, None if that failed."""
     headers = dict(message.headers or {})
     body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
     task = str(headers.get("task") or "<no task header>")[:200]
     job_id = str(headers.get("id") or uuid.uuid4())[:200]
-    error = InvalidRequest(reason, code=code)
+    where = Attempt(job_id, 0, (message.delivery_info or {}).get("routing_key"), hostname)
     try:
-        entry = store().add(
-            task=task,
-            job_id=job_id,
-            kwargs={
+        envelope = writer().write(
+            task,
+            {
                 "body": body.decode("latin-1"),
                 "content_type": message.content_type,
                 "content_encoding": message.content_encoding,
             },
+            InvalidRequest(reason, code=code),
+            where,
             arguments={
                 "body_sha256": hashlib.sha256(body).hexdigest(),
                 "body_size": len(body),
                 "content_type": message.content_type,
             },
-            error=error,
-            attempts=1,
-            worker=hostname,
-            queue=(message.delivery_info or {}).get("routing_key"),
             replayable=False,
         )
     except Exception as exc:  # the consumer must keep running whatever the store does
         log.critical("message %s could not be dead-lettered (%s)", job_id, type(exc).__name__)
         return None
-    log.error("message %s (%s) dead-lettered as %s: %s", job_id, task, entry.id, reason)
-    return entry.id
+    log.error("message %s (%s) dead-lettered: %s", job_id, task, reason)
+    return job_id, envelope
 
 
 def shape_problem(message: Any) -> str | None:
@@ -128,13 +129,14 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def _dead_letter(self, message: Any, reason: str, code: ErrorCode) -> None:
-        entry_id = record_message(message, reason, code, self.hostname or socket.gethostname())
-        job_id = (message.headers or {}).get("id")
-        if isinstance(job_id, str) and entry_id is not None:
+        recorded = record_message(message, reason, code, self.hostname or socket.gethostname())
+        if isinstance((message.headers or {}).get("id"), str) and recorded is not None:
             # A caller waiting on this job gets the error now instead of a timeout.
-            envelope = jobs.failed(InvalidRequest(reason, code=code), dead_letter=entry_id)
+            job_id, envelope = recorded
+            error = InvalidRequest(reason, code=code)
+            finished = Finished(ResultOnly(job_id), Outcome(envelope, error=error), {})
             try:
-                self.app.backend.mark_as_done(job_id, envelope)
+                write_results(self.app, [finished], [])
             except Exception as exc:  # best effort: the dead letter is what matters
                 log.warning("result of dead-lettered job not stored (%s)", type(exc).__name__)
         # Acked either way: requeueing a message no worker can decode would loop forever.

@@ -1,34 +1,36 @@
-"""The tasks: thin adapters from Celery requests to :class:`tenantkeys.jobs.runner.JobRunner`.
+"""The tasks: thin adapters from Celery requests to the runner's method for each job.
 
 Single ``sign`` jobs are aggregated on the worker with celery-batches: messages are buffered by
 the consumer and handed to one pool call (up to ``sign_batch_size`` jobs, or whatever arrived
-within ``sign_batch_interval_seconds``), so a burst of single jobs pays the pool round trip,
-the task set-up and the tracing once per batch instead of once per job. Each job still gets its
-own result, stored under its own id, and its message is acked only after the batch ran.
+within ``sign_batch_interval_seconds``). Each job still gets its own result, stored under its
+own id, and its message is acked only once its outcome is settled: its result stored, or the
+job published again. Whatever is not settled when the batch ends (a result store that stays
+down, an error outside the runner) goes back to the queue instead of being acked.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Task
-from celery_batches import Batches, SimpleRequest
-from celery_batches.trace import apply_batches_task
+from celery.exceptions import Retry
+from celery_batches import SimpleRequest
 
-from tenantkeys import jobs, telemetry
+from tenantkeys import jobs
 from tenantkeys.errors import ErrorCode, TransientKmsError
-from tenantkeys.jobs.runner import Outcome
+from tenantkeys.jobs.deadletters import Attempt
+from tenantkeys.jobs.runner import JobRunner, Outcome
 from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.resilience import RetryPolicy
 from tenantkeys.telemetry import tracing
 from workers import consumer
-from workers.app import WorkerProcess, app, current, settings
-from workers.fastpath import acks, results
+from workers.app import app, current, settings
+from workers.fastpath import acks
+from workers.fastpath.batches import FencedBatches
+from workers.outcomes import Finished, observe, requeue, send_events, write_results
 
 log = logging.getLogger(__name__)
 
@@ -47,88 +49,77 @@ def _queue(delivery_info: dict[str, Any] | None) -> str | None:
     return (delivery_info or {}).get("routing_key")
 
 
-#: Message headers a re-published job keeps: its enqueue time and trace context (the
-#: tracing instrumentation replaces the latter with the current span's when it is on).
-_CARRIED_HEADERS = (jobs.ENQUEUED_AT_HEADER, "traceparent", "tracestate")
-
-
-def _carried(headers: dict[str, Any] | None) -> dict[str, Any]:
-    return {name: headers[name] for name in _CARRIED_HEADERS if headers and name in headers}
-
-
-def _observed(process: WorkerProcess, outcome: Outcome, headers: dict[str, Any] | None) -> None:
-    """Metrics of a job whose outcome is decided (its result is stored or being returned)."""
-    outcome.record_metrics(jobs.enqueued_at(headers))
-    telemetry.set_l1_entries(len(process.runtime.service.l1))
-
-
-def run_request(task: Task, name: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    """Run a regular (non-batched) task's request; retry or return the result envelope."""
+def run_request(task: Task, method: Callable[..., Outcome], kwargs: dict[str, Any]) -> Any:
+    """Run a regular task's request through its runner method (``JobRunner.create_keys``...):
+    its result, or a retry (Celery's RETRY state, the job published again)."""
     request = task.request
     process = current()
-    outcome = process.runner.run(
-        name,
+    outcome = method(
+        process.runner,
         kwargs,
         job_id=request.id,
         retries=request.retries,
         queue=_queue(request.delivery_info),
         worker=request.hostname,
-        args=args,
+        args=request.args,
     )
-    # Celery's retry keeps the custom headers, enqueue time included.
-    _observed(process, outcome, request.headers)
+    observe(outcome, request.headers)
     if outcome.retry_in is not None:
-        raise task.retry(countdown=outcome.retry_in, max_retries=None, exc=outcome.error)
+        requeue(
+            task,
+            request.id,
+            kwargs,
+            request.headers,
+            retries=request.retries + 1,
+            countdown=outcome.retry_in,
+        )
+        raise Retry(exc=outcome.error, when=outcome.retry_in)
     return outcome.result
 
 
-class SignBatches(RedactedTask, Batches):  # type: ignore[misc]
-    """celery-batches with a worker-lost path: a batch whose process died is redelivered."""
+class SignBatches(RedactedTask, FencedBatches):
+    """The batched ``sign`` task: acks what it settled, gives the rest back to the queue."""
 
     flush_every = settings.sign_batch_size
     flush_interval = settings.sign_batch_interval_seconds
+    batch_soft_time_limit = settings.task_soft_time_limit_seconds
+    batch_time_limit = settings.task_time_limit_seconds
 
-    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
-        # The consumer rebuilds strategies on every (re)connect and clears its timer, but
-        # celery-batches arms its flush timer only once: re-arm it, or after a broker restart
-        # fewer jobs than a full batch would wait unflushed (and unacked) for ever.
-        armed: Any = getattr(self, "_tref", None)
-        if armed is not None:
-            with contextlib.suppress(Exception):
-                armed.cancel()
-        self._tref = None
-        return super().Strategy(task, app, consumer)
+    def on_batch_finished(self, requests: Sequence[Any], result: Any) -> None:
+        # Ack the jobs the batch settled (result stored, or published again); every other one
+        # (results not stored, an error outside the runner: ``sign`` then returns nothing)
+        # goes back to the queue as it was, so no job is acked without its outcome.
+        settled = set(result) if isinstance(result, list) else set()
+        acks.acknowledge([r for r in requests if r.id in settled])
+        for request in requests:
+            if request.id not in settled and not request.acknowledged:
+                log.warning("job %s of a signing batch not settled; requeued", request.id)
+                request.reject(requeue=True)
 
-    def flush(self, requests: Sequence[Any]) -> Any:
-        # Same as Batches.flush for acks_late tasks, plus an error callback: if the pool
-        # process dies (WorkerLostError) or hits the hard time limit, each job is sent again
-        # with one more attempt counted, or dead-lettered after the last one, so a KMS that
-        # stays slower than the time limit ends every job instead of looping it for ever.
-        simple = ([SimpleRequest.from_request(r) for r in requests],)
-
-        def on_return(_result: Any) -> None:
-            acks.acknowledge(requests)
-
-        def on_error(info: Any) -> None:
-            log.error("a signing batch of %d jobs was lost (%r)", len(requests), info)
-            for request in requests:
-                _retry_or_dead_letter(self, request, info)
-
-        return self._pool.apply_async(
-            apply_batches_task,
-            (self, simple, 0, None),
-            callback=on_return,
-            error_callback=on_error,
-            soft_timeout=settings.task_soft_time_limit_seconds,
-            timeout=settings.task_time_limit_seconds,
-        )
+    def on_batch_lost(self, requests: Sequence[Any], info: Any) -> None:
+        # The pool process died (WorkerLostError) or hit the hard time limit: each job is sent
+        # again with one more attempt counted, or dead-lettered after the last one, so a KMS
+        # that stays slower than the time limit ends every job instead of looping it for ever.
+        log.error("a signing batch of %d jobs was lost (%r)", len(requests), info)
+        finished: list[Finished] = []
+        for request in requests:
+            done = _retry_or_dead_letter(self, request, info)
+            if done is not None:
+                finished.append(done)
+        events: list[tuple[str, dict[str, Any]]] = []
+        try:
+            write_results(app, finished, events)
+        except Exception as exc:  # the dead letters are stored; only their results are not
+            log.warning("results of %d dead-lettered jobs not stored (%s)", len(finished), exc)
+        send_events(app, requests[0].hostname if requests else None, events)
 
 
-def _retry_or_dead_letter(task: SignBatches, request: Any, info: Any) -> None:
+def _retry_or_dead_letter(task: SignBatches, request: Any, info: Any) -> Finished | None:
     """A job of a lost batch: again with one more attempt, or to the dead-letter store."""
     headers = request.request_dict or {}
     attempts = int(headers.get("retries") or 0) + 1
     kwargs = dict(request.kwargs or {})
+    finished = None
     try:
         if attempts > settings.retry_max:
             error = TransientKmsError(
@@ -136,37 +127,31 @@ def _retry_or_dead_letter(task: SignBatches, request: Any, info: Any) -> None:
                 f"{attempts} times ({type(getattr(info, 'exception', info)).__name__})",
                 code=ErrorCode.KMS_TIMEOUT,
             )
-            entry = consumer.store().add(
-                task=jobs.SIGN,
-                job_id=request.id,
-                kwargs=kwargs,
-                arguments=jobs.redact(kwargs),
-                error=error,
-                attempts=attempts,
-                worker=request.hostname or "",
-                queue=jobs.SIGN_QUEUE,
+            where = Attempt(request.id, attempts - 1, jobs.SIGN_QUEUE, request.hostname or "")
+            envelope = consumer.writer().write(jobs.SIGN, kwargs, error, where)
+            finished = Finished(
+                request, Outcome(envelope, error=error, signatures=("failed",)), headers
             )
-            app.backend.mark_as_done(request.id, jobs.failed(error, dead_letter=entry.id))
         else:
-            task.apply_async(
-                kwargs=kwargs,
-                task_id=request.id,
-                retries=attempts,
-                headers=_carried(headers),
-                countdown=RetryPolicy.from_settings(settings).delay(attempts - 1),
-            )
+            delay = RetryPolicy.from_settings(settings).delay(attempts - 1)
+            requeue(task, request.id, kwargs, headers, retries=attempts, countdown=delay)
     except Exception as exc:  # cannot re-send or record: keep it in the broker instead
         log.error("job %s requeued as it was (%s)", request.id, type(exc).__name__)
         request.reject(requeue=True)
-        return
+        return None
     request.acknowledge()
+    return finished
 
 
 @app.task(name=jobs.SIGN, base=SignBatches, acks_late=True, bind=True)  # type: ignore[untyped-decorator]
-def sign(self: SignBatches, requests: list[SimpleRequest]) -> None:
-    """Sign many single jobs in one call path; each job's result is stored under its id."""
+def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
+    """Sign many single jobs in one call path; returns the ids of the jobs it settled.
+
+    The parent acks exactly those; every other job of the batch goes back to the queue.
+    """
     process = current()
-    done: list[_Done] = []
+    finished: list[Finished] = []
+    settled: list[str] = []
     events: list[tuple[str, dict[str, Any]]] = []
     # A batch shares one time limit: when KMS calls turn slow, hand the rest back to the
     # queue (same job, same retry count) instead of running the whole batch into the limit.
@@ -176,113 +161,70 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> None:
             headers = request.request_dict or {}
             retries = int(headers.get("retries") or 0)
             if time.monotonic() > budget:
-                self.apply_async(
-                    kwargs=request.kwargs,
-                    task_id=request.id,
-                    retries=retries,
-                    headers=_carried(headers),
-                )
+                requeue(self, request.id, request.kwargs, headers, retries=retries)
+                settled.append(request.id)
                 continue
             # One span per job, continuing its producer's trace (the batch has a trace of its own).
             with tracing.job_span(jobs.SIGN, request.id, headers):
-                finished = _sign_one(self, process, request, headers, retries)
-            if isinstance(finished, _Done):
-                done.append(finished)
-            else:
-                events.append(finished)
+                started = time.perf_counter()
+                outcome = process.runner.sign(
+                    request.kwargs,
+                    job_id=request.id,
+                    retries=retries,
+                    queue=_queue(request.delivery_info),
+                    worker=request.hostname,
+                    args=request.args,
+                )
+            if outcome.retry_in is None:
+                finished.append(Finished(request, outcome, headers, time.perf_counter() - started))
+                continue
+            requeue(
+                self,
+                request.id,
+                request.kwargs,
+                headers,
+                retries=retries + 1,
+                countdown=outcome.retry_in,
+            )
+            settled.append(request.id)
+            observe(outcome, headers)
+            events.append(("task-retried", {"uuid": request.id, "exception": repr(outcome.error)}))
     finally:
         # Even when the loop is cut short (the soft time limit), the jobs already signed keep
         # their results: one round trip or two for the batch instead of two per job.
-        results.store(app.backend, [(d.request, d.outcome.result) for d in done])
-        for d in done:
-            _observed(process, d.outcome, d.headers)
-            events.append(("task-succeeded", {"uuid": d.request.id, "runtime": d.runtime}))
-    _send_events(requests[0].hostname if requests else None, events)
-
-
-@dataclass(frozen=True)
-class _Done:
-    """A job of the batch with its result decided, stored with the others after the loop."""
-
-    request: SimpleRequest
-    outcome: Outcome
-    headers: dict[str, Any]
-    runtime: float
-
-
-def _sign_one(
-    task: SignBatches,
-    process: WorkerProcess,
-    request: SimpleRequest,
-    headers: dict[str, Any],
-    retries: int,
-) -> _Done | tuple[str, dict[str, Any]]:
-    """Run one job of a batch: its result to store, or (its retry published) its event."""
-    started = time.perf_counter()
-    outcome: Outcome = process.runner.run(
-        jobs.SIGN,
-        request.kwargs,
-        job_id=request.id,
-        retries=retries,
-        queue=_queue(request.delivery_info),
-        worker=request.hostname,
-        args=request.args,
-    )
-    if outcome.retry_in is not None:
-        # Publish the retry before this message is acked: at least once, never zero times.
-        task.apply_async(
-            kwargs=request.kwargs,
-            task_id=request.id,
-            countdown=outcome.retry_in,
-            retries=retries + 1,
-            headers=_carried(headers),
-        )
-        _observed(process, outcome, headers)
-        return ("task-retried", {"uuid": request.id, "exception": repr(outcome.error)})
-    return _Done(request, outcome, headers, time.perf_counter() - started)
-
-
-def _send_events(hostname: str | None, events: list[tuple[str, dict[str, Any]]]) -> None:
-    """Per-job events for Flower (celery-batches sends only task-received).
-
-    They travel as one ``task.multi`` message per batch, as Celery's own worker buffers its
-    task events; Celery's event receivers (Flower, ``celery events``) unpack the list.
-    """
-    if not events or not app.conf.worker_send_task_events:
-        return
-    try:
-        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
-            dispatcher.buffer_group = frozenset({"task"})
-            dispatcher.buffer_limit = len(events) + 1  # flushed below, not on the way
-            for kind, fields in events:
-                dispatcher.send(kind, **fields)
-            dispatcher.flush(errors=False)
-    except Exception as exc:  # events are best effort; results are already stored
-        log.warning("task events not sent (%s)", type(exc).__name__)
+        try:
+            write_results(app, finished, events)
+        except Exception as exc:  # not stored: those jobs go back to the queue, not acked
+            log.error("results of %d signed jobs not stored (%s); requeued", len(finished), exc)
+        else:
+            settled.extend(f.request.id for f in finished)
+        process.observe_cache()
+    send_events(app, requests[0].hostname if requests else None, events)
+    return settled
 
 
 @app.task(name=jobs.SIGN_BATCH, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
 def sign_batch(self: Task, *args: Any, **kwargs: Any) -> Any:
     """Many payloads in one job; each item gets its own result, bad items do not fail others."""
-    return run_request(self, jobs.SIGN_BATCH, args, kwargs)
+    return run_request(self, JobRunner.sign_batch, kwargs)
 
 
 @app.task(name=jobs.CREATE_KEYS, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
 def create_keys(self: Task, *args: Any, **kwargs: Any) -> Any:
     """Create the tenant's keys (those it lacks)."""
-    return run_request(self, jobs.CREATE_KEYS, args, kwargs)
+    return run_request(self, JobRunner.create_keys, kwargs)
 
 
 @app.task(name=jobs.ROTATE_KEY, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
 def rotate_key(self: Task, *args: Any, **kwargs: Any) -> Any:
     """Rotate (tenant, purpose), only if ``expected_version`` is still active when given."""
-    return run_request(self, jobs.ROTATE_KEY, args, kwargs)
+    return run_request(self, JobRunner.rotate_key, kwargs)
 
 
 @app.task(name=jobs.REVOKE_KEY, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
 def revoke_key(self: Task, *args: Any, **kwargs: Any) -> Any:
     """Revoke a key version by kid (an active one is replaced at once)."""
-    return run_request(self, jobs.REVOKE_KEY, args, kwargs)
+    return run_request(self, JobRunner.revoke_key, kwargs)
 
 
 @app.task(name=jobs.ROTATION_SWEEP, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]

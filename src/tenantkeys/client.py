@@ -17,70 +17,37 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
-
-import redis
-from celery import Celery
-from celery.backends.redis import RedisBackend
-from kombu.exceptions import OperationalError
+from typing import Any, cast
 
 from tenantkeys import jobs
 from tenantkeys.config import Settings
-from tenantkeys.errors import (
-    ErrorCode,
-    InvalidRequest,
-    JobTimeout,
-    TenantKeysError,
-    TransientError,
+from tenantkeys.errors import InvalidRequest, JobTimeout, TenantKeysError
+from tenantkeys.jobs.contract import (
+    CreateKeysArgs,
+    KeyInfo,
+    RevokeKeyArgs,
+    RotateKeyArgs,
+    RotateKeyResult,
+    SignArgs,
+    SignBatchArgs,
 )
-from tenantkeys.keys.service import Signature
-from tenantkeys.queue.config import celery_config
-from tenantkeys.queue.message_signing import setup_message_signing
+from tenantkeys.queue.producer import Job, Producer
+from tenantkeys.queue.tracing import instrument_celery
+from tenantkeys.signing import Signature
 from tenantkeys.telemetry import tracing
 
 #: The typed result of a signing job (what ``tenantkeys sign --via-queue`` prints).
 SignResult = Signature
 #: One item of :meth:`SigningClient.sign_many`: the signature, or why that item failed.
 ItemResult = Signature | TenantKeysError
-#: Messages :meth:`SigningClient.submit_many` buffers before one pipelined write to Redis:
-#: large enough to amortise the round trip, small enough (~2 MB of 1 KB payloads) to bound memory.
-PUBLISH_BATCH = 1_000
 
 
-class PollingRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Celery's Redis result backend without the subscription it opens for every job sent.
-
-    ``send_task`` asks the Redis backend to SUBSCRIBE to the job's result channel (and the
-    returned ``AsyncResult`` UNSUBSCRIBEs when collected): two round trips per job, 42 % of a
-    producer's time in a profile of :meth:`SigningClient.submit_many`. This client waits by
-    polling the stored result, so it never reads that subscription; ``AsyncResult.get``
-    still works, because it subscribes (and reads what was already stored) when called.
-    """
-
-    def on_task_call(self, producer: Any, task_id: str) -> None:
-        return None
-
-
-def _polling_backend(url: str) -> str:
-    """``url`` served by :class:`PollingRedisBackend` when it is a Redis URL (Celery's
-    ``module:Class+scheme://`` form), unchanged otherwise."""
-    if url.startswith(("redis://", "rediss://")):
-        return f"{__name__}:PollingRedisBackend+{url}"
-    return url
-
-
-def _sign_kwargs(tenant_id: str, payload: bytes, canonical_json: bool) -> dict[str, Any]:
+def _sign_args(tenant_id: str, payload: bytes, canonical_json: bool) -> SignArgs:
     """Arguments of one ``sign`` job (``canonical_json`` only when asked for)."""
-    kwargs: dict[str, Any] = {"tenant_id": tenant_id, "payload": jobs.encode_payload(payload)}
+    args = SignArgs(tenant_id=tenant_id, payload=jobs.encode_payload(payload))
     if canonical_json:
-        kwargs["canonical_json"] = True
-    return kwargs
-
-
-def _signature(result: Any) -> Signature:
-    if not isinstance(result, Mapping):
-        raise TenantKeysError("a signing job returned no signature")
-    return Signature(**{name: str(result[name]) for name in Signature.__dataclass_fields__})
+        args["canonical_json"] = True
+    return args
 
 
 class PendingSignature:
@@ -93,35 +60,36 @@ class PendingSignature:
 
     def result(self, timeout: float = 30.0) -> Signature:
         """Wait for the signature; re-sends the job (same id) if it seems lost, see ``wait``."""
-        return _signature(self.client.wait(self.job_id, timeout, resend=(jobs.SIGN, self._kwargs)))
+        found = self.client.wait(self.job_id, timeout, resend=(jobs.SIGN, self._kwargs))
+        return Signature.from_dict(found)
 
 
 class SigningClient:
     """Sends signing and key jobs to the workers and waits for typed results."""
 
-    def __init__(
-        self, app: Celery, *, owns_app: bool = False, resend_after: float | None = None
-    ) -> None:
-        self.app = app
-        self._owns_app = owns_app
+    def __init__(self, producer: Producer, *, resend_after: float | None = None) -> None:
+        self.producer = producer
         # Trace context travels in each message, so the worker's span continues the caller's
         # trace; an application that set up OpenTelemetry keeps its own provider.
         tracing.ensure_tracing("tenantkeys-client")
-        tracing.instrument_celery()
+        instrument_celery()
         #: Seconds without a result after which a job is published again under the same id.
         self.resend_after = resend_after
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SigningClient:
-        """A client with its own Celery app (broker, backend and JSON settings of the workers)."""
-        app = Celery("tenantkeys-client", set_as_current=False)
-        app.conf.update(celery_config(settings))
-        app.conf.result_backend = _polling_backend(app.conf.result_backend)
-        # With TENANTKEYS_MESSAGE_SIGNING on, jobs are signed with this producer's key.
-        setup_message_signing(app, settings)
+        """A client with its own producer (broker, backend and JSON settings of the workers)."""
         # The horizon at which Redis itself re-delivers an unacked job: a job still without a
         # result then was most likely lost between the broker and a dying worker.
-        return cls(app, owns_app=True, resend_after=settings.broker_visibility_timeout_seconds)
+        return cls(
+            Producer.from_settings(settings),
+            resend_after=settings.broker_visibility_timeout_seconds,
+        )
+
+    @property
+    def app(self) -> Any:
+        """The producer's Celery app (tests and benchmarks drive Celery through it)."""
+        return self.producer.app
 
     def __enter__(self) -> SigningClient:
         return self
@@ -132,38 +100,15 @@ class SigningClient:
         self.close()
 
     def close(self) -> None:
-        if self._owns_app:
-            self.app.close()
+        self.producer.close()
 
     # -- sending and waiting -------------------------------------------------------------
 
     def send(self, task: str, kwargs: Mapping[str, Any], *, job_id: str | None = None) -> str:
         """Publish job ``task`` with ``kwargs``; returns its job id."""
         job_id = job_id or str(uuid.uuid4())
-        try:
-            self._publish(task, kwargs, job_id)
-        except OperationalError as exc:
-            raise TransientError(
-                f"the broker did not accept job {job_id} ({type(exc).__name__}); retry later",
-                code=ErrorCode.BROKER_UNAVAILABLE,
-            ) from exc
+        self.producer.publish(Job(task, kwargs, job_id))
         return job_id
-
-    def _publish(
-        self, task: str, kwargs: Mapping[str, Any], job_id: str, producer: Any = None
-    ) -> None:
-        shown_args, shown_kwargs = jobs.argsrepr((), kwargs)
-        self.app.send_task(
-            task,
-            kwargs=dict(kwargs),
-            task_id=job_id,
-            queue=jobs.ROUTES.get(task, jobs.MAINTENANCE_QUEUE),
-            argsrepr=shown_args,
-            kwargsrepr=shown_kwargs,
-            # The worker measures signing latency from here (telemetry).
-            headers={jobs.ENQUEUED_AT_HEADER: time.time()},
-            producer=producer,
-        )
 
     def wait(
         self,
@@ -194,10 +139,10 @@ class SigningClient:
             ):
                 self.send(resend[0], resend[1], job_id=job_id)
                 last_sent = time.monotonic()
-            meta = self._meta(job_id)
-            if meta.get("status") == "SUCCESS":
-                return jobs.unwrap(meta.get("result"))
-            if meta.get("status") == "FAILURE":
+            state = self.producer.state(job_id)
+            if state.status == "SUCCESS":
+                return jobs.unwrap(state.result)
+            if state.status == "FAILURE":
                 raise TenantKeysError(f"job {job_id} failed in the worker; see its log")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -208,19 +153,9 @@ class SigningClient:
             time.sleep(min(interval, remaining))
             interval = min(interval * 1.5, 0.1)
 
-    def _meta(self, job_id: str) -> dict[str, Any]:
-        try:
-            meta: dict[str, Any] = self.app.backend.get_task_meta(job_id)
-        except (OperationalError, redis.RedisError) as exc:
-            raise TransientError(
-                f"the result backend cannot be reached ({type(exc).__name__})",
-                code=ErrorCode.BROKER_UNAVAILABLE,
-            ) from exc
-        return meta
-
     def forget(self, job_id: str) -> None:
         """Drop the stored result of ``job_id`` (a replay does, so waiters see the new one)."""
-        self.app.backend.forget(job_id)
+        self.producer.forget(job_id)
 
     # -- signing -------------------------------------------------------------------------
 
@@ -233,7 +168,7 @@ class SigningClient:
         job_id: str | None = None,
     ) -> PendingSignature:
         """Send one signing job without waiting (workers batch such jobs together)."""
-        kwargs = _sign_kwargs(tenant_id, payload, canonical_json)
+        kwargs = _sign_args(tenant_id, payload, canonical_json)
         return PendingSignature(self, self.send(jobs.SIGN, kwargs, job_id=job_id), kwargs)
 
     def submit_many(
@@ -257,22 +192,11 @@ class SigningClient:
         if job_ids is not None and len(job_ids) != len(pairs):
             raise InvalidRequest("job_ids must give one id per request")
         ids = list(job_ids) if job_ids is not None else [str(uuid.uuid4()) for _ in pairs]
-        pending: list[PendingSignature] = []
-        try:
-            with (
-                self.app.producer_or_acquire() as producer,
-                producer.batch(max_size=PUBLISH_BATCH),
-            ):
-                for (tenant_id, payload), job_id in zip(pairs, ids, strict=True):
-                    kwargs = _sign_kwargs(tenant_id, payload, canonical_json)
-                    self._publish(jobs.SIGN, kwargs, job_id, producer)
-                    pending.append(PendingSignature(self, job_id, kwargs))
-        except (OperationalError, redis.RedisError, OSError) as exc:
-            raise TransientError(
-                f"the broker did not accept all of {len(pairs)} jobs ({type(exc).__name__}); "
-                "send them again with the same job_ids",
-                code=ErrorCode.BROKER_UNAVAILABLE,
-            ) from exc
+        pending = [
+            PendingSignature(self, job_id, _sign_args(tenant_id, payload, canonical_json))
+            for (tenant_id, payload), job_id in zip(pairs, ids, strict=True)
+        ]
+        self.producer.publish_many(Job(jobs.SIGN, p._kwargs, p.job_id) for p in pending)
         return pending
 
     def sign(
@@ -302,14 +226,14 @@ class SigningClient:
         A bad payload yields its error in its place; the others are signed.
         """
         items = [
-            {
-                "tenant_id": tenant_id,
-                "payload": jobs.encode_payload(p),
-                "canonical_json": canonical_json,
-            }
+            SignArgs(
+                tenant_id=tenant_id,
+                payload=jobs.encode_payload(p),
+                canonical_json=canonical_json,
+            )
             for p in payloads
         ]
-        kwargs = {"items": items}
+        kwargs = SignBatchArgs(items=items)
         job_id = self.send(jobs.SIGN_BATCH, kwargs, job_id=job_id)
         result = self.wait(job_id, timeout, resend=(jobs.SIGN_BATCH, kwargs))
         return [_item(entry) for entry in result["results"]]
@@ -318,12 +242,13 @@ class SigningClient:
 
     def create_keys(
         self, tenant_id: str, purposes: Sequence[str] | None = None, *, timeout: float = 30.0
-    ) -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"tenant_id": tenant_id}
+    ) -> list[KeyInfo]:
+        """Create the tenant's keys (the purposes it lacks); the public facts of each."""
+        kwargs = CreateKeysArgs(tenant_id=tenant_id)
         if purposes is not None:
             kwargs["purposes"] = list(purposes)
-        keys: list[dict[str, Any]] = self.wait(self.send(jobs.CREATE_KEYS, kwargs), timeout)["keys"]
-        return keys
+        found = self.wait(self.send(jobs.CREATE_KEYS, kwargs), timeout)
+        return cast(list[KeyInfo], found["keys"])
 
     def rotate_key(
         self,
@@ -332,20 +257,22 @@ class SigningClient:
         *,
         expected_version: int | None = None,
         timeout: float = 30.0,
-    ) -> dict[str, Any]:
-        kwargs = {"tenant_id": tenant_id, "purpose": purpose, "expected_version": expected_version}
-        result: dict[str, Any] = self.wait(self.send(jobs.ROTATE_KEY, kwargs), timeout)
-        return result
+    ) -> RotateKeyResult:
+        """Rotate (tenant, purpose); only if ``expected_version`` is still active, when given."""
+        kwargs = RotateKeyArgs(
+            tenant_id=tenant_id, purpose=purpose, expected_version=expected_version
+        )
+        return cast(RotateKeyResult, self.wait(self.send(jobs.ROTATE_KEY, kwargs), timeout))
 
-    def revoke_key(self, tenant_id: str, kid: str, *, timeout: float = 30.0) -> dict[str, Any]:
-        kwargs = {"tenant_id": tenant_id, "kid": kid}
-        result: dict[str, Any] = self.wait(self.send(jobs.REVOKE_KEY, kwargs), timeout)
-        return result
+    def revoke_key(self, tenant_id: str, kid: str, *, timeout: float = 30.0) -> KeyInfo:
+        """Revoke a key version by kid (an active one is replaced at once)."""
+        kwargs = RevokeKeyArgs(tenant_id=tenant_id, kid=kid)
+        return cast(KeyInfo, self.wait(self.send(jobs.REVOKE_KEY, kwargs), timeout))
 
 
 def _item(entry: Any) -> ItemResult:
     try:
-        return _signature(jobs.unwrap(entry))
+        return Signature.from_dict(jobs.unwrap(entry))
     except TenantKeysError as exc:
         return exc
 

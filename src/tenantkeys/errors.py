@@ -1,4 +1,4 @@
-"""The error tree of tenantkeys.
+"""The error tree of tenantkeys, and the one table of what each error means.
 
 Every error carries a stable ``code`` (``TK-...``) that has a section in
 ``docs/setup/KMS_TROUBLESHOOTING.md``. The class says what the caller does:
@@ -7,14 +7,28 @@ Every error carries a stable ``code`` (``TK-...``) that has a section in
 * :class:`ConfigurationError` (and :class:`KmsPermissionError`) -- stop, tell the operator.
 * :class:`InvalidRequest` -- reject the job; retrying cannot help.
 * :class:`IntegrityError` -- a wrapped key or signature does not open under its context.
+
+Each class declares its :class:`Meaning` (``default_meaning``: action, HTTP status, KMS metric
+outcome, remedy); :data:`CODE_OVERRIDES` holds what a code needs that differs from the class
+it is raised as. Workers, the API, the metrics and the admin checks read ``exc.action``,
+``exc.http_status``, ``exc.kms_outcome``, ``exc.signature_outcome`` and ``exc.remedy``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Final, Literal, TypedDict
 
 DOCS_PAGE = "docs/setup/KMS_TROUBLESHOOTING.md"
+
+#: What a job does with an error: retry it later, reject it (bad input), or dead-letter it.
+Action = Literal["retry", "reject", "dead_letter"]
+#: The ``outcome`` label of a KMS request that failed (``ok`` is the one success label).
+KmsFailure = Literal["transient", "permission", "config", "integrity", "error"]
+#: The ``outcome`` label of a signature that failed: the caller's fault, or given up on.
+SignatureFailure = Literal["rejected", "failed"]
 
 
 class ErrorCode(StrEnum):
@@ -59,9 +73,60 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "TK-BROKER-UNAVAILABLE"
 
 
+class Override(TypedDict, total=False):
+    """What a code means that differs from the class it is raised as."""
+
+    http_status: int
+    remedy: str
+
+
+#: Per code, whatever class carries it (``TK-UNKNOWN-KID`` is raised as KeyNotFound and as
+#: VerificationError, and is a 404 either way).
+CODE_OVERRIDES: Final[Mapping[ErrorCode, Override]] = {
+    ErrorCode.UNKNOWN_KID: {"http_status": 404},
+    ErrorCode.KEY_NOT_FOUND: {"http_status": 404},
+    ErrorCode.DEAD_LETTER_NOT_FOUND: {"http_status": 404},
+    ErrorCode.KEY_REVOKED: {"http_status": 409},
+    ErrorCode.PAYLOAD_TOO_LARGE: {"http_status": 413},
+    ErrorCode.KMS_THROTTLED: {
+        "remedy": "the KMS throttled the service; calls are retried with backoff. If it "
+        "persists, check the key cache (TTL, size), spread bulk jobs or ask the provider for a "
+        "higher quota (see {doc})"
+    },
+    ErrorCode.DECRYPT_FAILED: {
+        "remedy": "decrypt with the same tenant and associated data as at encryption time; "
+        "treat tampering as an incident (see {doc})"
+    },
+    ErrorCode.JOB_DEAD_LETTERED: {
+        "remedy": "fix the original error (tenantkeys dlq show ID names its code), then "
+        "tenantkeys dlq replay ID (see {doc})"
+    },
+}
+
+
 def doc_link(code: str) -> str:
     """The troubleshooting section for ``code`` (GitHub-style anchor)."""
     return f"{DOCS_PAGE}#{code.lower()}"
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """What an error means to each part that handles it: one row of the table.
+
+    ``remedy`` says what an operator or caller does; ``{message}`` and ``{doc}`` in it are
+    filled in from the error.
+    """
+
+    action: Action
+    http_status: int
+    kms_outcome: KmsFailure
+    remedy: str
+
+    @property
+    def signature_outcome(self) -> SignatureFailure:
+        """``rejected`` for bad input (the caller's fault), ``failed`` for what was given up on."""
+        # Derived from the action, not declared beside it, so the two cannot disagree.
+        return "rejected" if self.action == "reject" else "failed"
 
 
 class TenantKeysError(Exception):
@@ -72,7 +137,13 @@ class TenantKeysError(Exception):
     """
 
     default_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
-    retryable: ClassVar[bool] = False
+    default_meaning: ClassVar[Meaning] = Meaning(
+        "dead_letter",
+        500,
+        "error",
+        "an error tenantkeys did not anticipate: the log of the process that reported it has "
+        "the traceback; report it with that log (see {doc})",
+    )
 
     def __init__(
         self,
@@ -90,7 +161,44 @@ class TenantKeysError(Exception):
 
     @property
     def doc(self) -> str:
+        """The troubleshooting section of this error's code."""
         return doc_link(self.code)
+
+    @property
+    def meaning(self) -> Meaning:
+        """The class's :class:`Meaning` with the overrides of this error's code applied."""
+        override = CODE_OVERRIDES.get(self.code)
+        return replace(self.default_meaning, **override) if override else self.default_meaning
+
+    @property
+    def action(self) -> Action:
+        """``retry``, ``reject`` or ``dead_letter``: what a job does with this error."""
+        return self.meaning.action
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again later may succeed (the action is ``retry``)."""
+        return self.action == "retry"
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status the ops API answers with."""
+        return self.meaning.http_status
+
+    @property
+    def kms_outcome(self) -> KmsFailure:
+        """The ``outcome`` label of a KMS request that raised this error."""
+        return self.meaning.kms_outcome
+
+    @property
+    def signature_outcome(self) -> SignatureFailure:
+        """The ``outcome`` label of a signing job that ended with this error."""
+        return self.meaning.signature_outcome
+
+    @property
+    def remedy(self) -> str:
+        """What an operator or caller does about this error; names its doc section."""
+        return self.meaning.remedy.format(message=self.message, doc=self.doc)
 
     def one_line(self) -> str:
         """``CODE: message (provider code) -- see doc``; what CLIs and task results show."""
@@ -99,6 +207,7 @@ class TenantKeysError(Exception):
         return f"{self.code}: {text}{detail} (see {self.doc})"
 
     def to_dict(self) -> dict[str, str | bool | None]:
+        """The error as a job result or API body carries it (no traceback, no secrets)."""
         return {
             "code": str(self.code),
             "error": type(self).__name__,
@@ -114,11 +223,25 @@ class TransientError(TenantKeysError):
     """Worth retrying later: timeouts, throttling, 5xx, connection failures."""
 
     default_code = ErrorCode.KMS_UNAVAILABLE
-    retryable = True
+    default_meaning = Meaning(
+        "retry",
+        503,
+        "error",
+        "a dependency did not answer; the work is retried with backoff. If it persists, check "
+        "that the one the code names is up and reachable from this host (see {doc})",
+    )
 
 
 class TransientKmsError(TransientError):
     """The KMS could not answer now. Counts toward the provider's circuit breaker."""
+
+    default_meaning = Meaning(
+        "retry",
+        503,
+        "transient",
+        "the KMS did not answer: check that it is up and reachable from this host "
+        "(endpoint, network, DNS, proxy), then validate again (see {doc})",
+    )
 
 
 class CircuitOpenError(TransientKmsError):
@@ -131,6 +254,13 @@ class JobTimeout(TransientError):
     """No worker answered a queued job in time; the job may still run (same job id)."""
 
     default_code = ErrorCode.JOB_TIMEOUT
+    default_meaning = Meaning(
+        "retry",
+        504,
+        "error",
+        "no worker finished the job in time: check that workers run and the queue is not "
+        "backed up; resubmitting with the same job id is safe (see {doc})",
+    )
 
 
 class StoreUnavailable(TransientError):
@@ -149,6 +279,8 @@ class ConfigurationError(TenantKeysError):
     """Settings or the KMS set-up are wrong: stop and tell the operator; no retry."""
 
     default_code = ErrorCode.CONFIG_INVALID
+    # The message names what to change (a setting, a permission), so it is the remedy.
+    default_meaning = Meaning("dead_letter", 503, "config", "{message} Troubleshooting: {doc}")
 
 
 class KmsConfigError(ConfigurationError):
@@ -161,33 +293,69 @@ class KmsPermissionError(KmsConfigError):
     """The service identity lacks a permission; the message names it."""
 
     default_code = ErrorCode.KMS_ACCESS_DENIED
+    default_meaning = replace(KmsConfigError.default_meaning, kms_outcome="permission")
 
 
 class IntegrityError(TenantKeysError):
     """A wrapped key or ciphertext does not open: wrong context, wrong tenant, tampering."""
 
     default_code = ErrorCode.KMS_INVALID_CIPHERTEXT
+    default_meaning = Meaning(
+        "dead_letter",
+        500,
+        "integrity",
+        "a ciphertext did not open under its context (another key, another tenant, altered "
+        "bytes): check that the configured key id names one key and is not being replaced "
+        "(see {doc})",
+    )
 
 
 class InvalidRequest(TenantKeysError):
     """The input is wrong; the job is rejected with this code and never retried."""
 
     default_code = ErrorCode.INVALID_ARGUMENT
+    default_meaning = Meaning(
+        "reject",
+        400,
+        "error",
+        "correct the request as the message says; sent again unchanged, it fails again (see {doc})",
+    )
 
 
 class KeyNotFound(InvalidRequest):
     """The tenant has no key for this purpose, or no key with this kid."""
 
     default_code = ErrorCode.KEY_NOT_FOUND
+    default_meaning = replace(
+        InvalidRequest.default_meaning,
+        remedy="create the tenant's keys (tenantkeys keys create --tenant T) or name a kid it "
+        "has; check that every process uses the same database (see {doc})",
+    )
 
 
 class KeyRevoked(InvalidRequest):
     """The key was revoked: it neither signs nor verifies."""
 
     default_code = ErrorCode.KEY_REVOKED
+    default_meaning = replace(
+        InvalidRequest.default_meaning,
+        remedy="revocation cannot be undone: have the payload signed again with the tenant's "
+        "active key (see {doc})",
+    )
 
 
 class VerificationError(InvalidRequest):
     """A signature does not verify; ``code`` says why."""
 
     default_code = ErrorCode.SIGNATURE_INVALID
+
+
+def as_error(exc: BaseException, where: str = "") -> TenantKeysError:
+    """``exc`` if it is ours; otherwise ``TK-INTERNAL`` naming only its class.
+
+    The original text is dropped: a driver's message may hold a connection string or a key id.
+    ``where`` (``"in a worker; see the worker log"``) tells the reader where to look.
+    """
+    if isinstance(exc, TenantKeysError):
+        return exc
+    return TenantKeysError(" ".join(filter(None, ("unexpected", type(exc).__name__, where))))

@@ -5,7 +5,8 @@ lives in Redis under ``{redis_prefix}:breaker:{provider}``, so when one process 
 process sees it open and stops calling the KMS. Only :class:`~tenantkeys.errors.TransientKmsError`
 counts as a failure: a permission error says nothing about the KMS being down.
 
-No Celery here: the workers ask :func:`classify` what to do and :func:`retry_delay` how long.
+No Celery here. What a job does with an error is the error's own ``action`` (the table in
+:mod:`tenantkeys.errors`); :func:`retry_delay` says how long to wait before a retry.
 """
 
 from __future__ import annotations
@@ -14,24 +15,18 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import pybreaker
 import redis
 
+from tenantkeys import errors
 from tenantkeys.config import Settings
-from tenantkeys.errors import (
-    CircuitOpenError,
-    InvalidRequest,
-    TenantKeysError,
-    TransientError,
-    TransientKmsError,
-)
+from tenantkeys.errors import Action, CircuitOpenError, TenantKeysError, TransientKmsError
 from tenantkeys.providers import Context, DataKey, KeyDescription, KmsProvider
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Action = Literal["retry", "dead_letter", "reject"]
 
 
 @dataclass(frozen=True)
@@ -70,25 +65,17 @@ def retry_delay(
 
 
 def classify(exc: BaseException) -> Action:
-    """What a job does with ``exc``.
+    """What a job does with ``exc``: its :attr:`~tenantkeys.errors.TenantKeysError.action`.
 
-    * ``retry`` -- transient (KMS timeout, throttling, 5xx, open breaker, store or cache down);
-    * ``reject`` -- bad input: the job's result is the error, no retry, no dead letter;
-    * ``dead_letter`` -- configuration or permission problems, integrity failures and anything
-      unexpected: an operator must look, so the job is kept for replay.
+    ``retry`` (transient), ``reject`` (bad input) or ``dead_letter`` (everything else,
+    unexpected errors included: an operator must look).
     """
-    if isinstance(exc, TransientError):
-        return "retry"
-    if isinstance(exc, InvalidRequest):
-        return "reject"
-    return "dead_letter"
+    return errors.as_error(exc).action
 
 
 def as_error(exc: BaseException) -> TenantKeysError:
     """``exc`` as a TenantKeysError (unexpected errors become ``TK-INTERNAL``, class name only)."""
-    if isinstance(exc, TenantKeysError):
-        return exc
-    return TenantKeysError(f"unexpected {type(exc).__name__} in a worker; see the worker log")
+    return errors.as_error(exc, "in a worker; see the worker log")
 
 
 def _not_transient_kms(exc: BaseException) -> bool:

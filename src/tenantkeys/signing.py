@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from tenantkeys.errors import ErrorCode, InvalidRequest, VerificationError
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError, VerificationError
 
 ALGORITHMS = ("EdDSA", "ES256")
 #: Protected-header member that names the tenant; checked on verification.
@@ -45,6 +45,36 @@ def b64url_decode(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise InvalidRequest("malformed base64url", code=ErrorCode.INVALID_ENCODING) from None
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A detached JWS and its facts: the result of a sign job, what ``tenantkeys sign`` prints."""
+
+    jws: str
+    kid: str
+    tenant_id: str
+    alg: str
+    payload_sha256: str
+    signed_at: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "jws": self.jws,
+            "kid": self.kid,
+            "tenant_id": self.tenant_id,
+            "alg": self.alg,
+            "payload_sha256": self.payload_sha256,
+            "signed_at": self.signed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
+        """The signature a job result holds; ``TK-INTERNAL`` when a field is missing."""
+        try:
+            return cls(**{name: str(data[name]) for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            raise TenantKeysError("a signing job returned no signature") from None
 
 
 @dataclass(frozen=True)

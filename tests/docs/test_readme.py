@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tenantkeys.config import ENV_PREFIX, Settings
+from tenantkeys.keys.kms import setting_variables
 
 pytestmark = pytest.mark.unit
 README = (Path(__file__).parents[2] / "README.md").read_text()
-
-
-def setting_variables() -> set[str]:
-    names = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        names.add(alias if isinstance(alias, str) else ENV_PREFIX + name.upper())
-    return names
 
 
 def test_every_setting_is_in_the_readme() -> None:

@@ -19,7 +19,7 @@ import hcl2
 import pytest
 
 from tenantkeys.cli import COMMANDS, LazyGroup, cli
-from tenantkeys.config import ENV_PREFIX, Settings
+from tenantkeys.keys.kms import setting_variables
 from tenantkeys.providers.base import CONTEXT_KEYS
 from tests.docs import markdown
 
@@ -99,7 +99,7 @@ def test_gcp_and_azure_guides_name_what_the_providers_require() -> None:
 
 @pytest.mark.parametrize("page", OWN, ids=lambda p: str(p.relative_to(ROOT)))
 def test_settings_named_in_the_docs_exist(page: Path) -> None:
-    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    fields = set(setting_variables())
     named = set(SETTING.findall(page.read_text())) - KNOWN_NOT_SETTINGS
     assert named <= fields, f"{page.name} names unknown settings: {sorted(named - fields)}"
 

@@ -11,11 +11,12 @@ import pytest
 
 from tenantkeys import jobs
 from tenantkeys.errors import KmsPermissionError, TenantKeysError
+from tenantkeys.signing import Signature
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.harness import Deployment, TcpProxy, wait_for
 
 pytestmark = pytest.mark.e2e
-moto_kms = pytest.importorskip("tests.servers.moto_kms")
+moto_kms = pytest.importorskip("tenantkeys.testing.moto_kms")
 
 
 @pytest.fixture
@@ -159,5 +160,61 @@ def test_permission_error_goes_straight_to_the_dead_letter_store(
         assert entry.doc and entry.doc.endswith("#tk-kms-access-denied")
         assert "Retry in" not in deployment.log("w1")
         assert deployment.breaker_state("aws") == "closed"
+    finally:
+        deployment.stop()
+
+
+def test_a_dead_letter_replayed_through_the_api_answers_its_job_id_with_a_new_signature(
+    kms: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's replay forgets the dead-letter result, so the job id answers anew."""
+    from fastapi.testclient import TestClient
+
+    from tenantkeys.api import create_app
+    from tests.integration.test_api_support import ADMIN, ADMIN_TOKEN, sha256_hex
+
+    admin, limited = kms.admin, kms.limited  # type: ignore[attr-defined]
+    for name, value in AWS_ROOT.items():
+        monkeypatch.setenv(name, value)
+    deployment = aws_deployment(
+        tmp_path,
+        kms,
+        kms.endpoint,  # type: ignore[attr-defined]
+        admin_token_sha256=sha256_hex(ADMIN_TOKEN),
+    )
+    signer_creds = {
+        "AWS_ACCESS_KEY_ID": limited.access_key_id,  # kms:DescribeKey only, under IAM
+        "AWS_SECRET_ACCESS_KEY": limited.secret_access_key,
+    }
+    keys_creds = {
+        "AWS_ACCESS_KEY_ID": admin.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": admin.secret_access_key,
+    }
+    try:
+        deployment.worker("signer", queues=jobs.SIGN_QUEUE, concurrency=1, extra_env=signer_creds)
+        deployment.worker("keys", queues=jobs.KEYS_QUEUE, concurrency=1, extra_env=keys_creds)
+        with deployment.client() as client:
+            client.create_keys("acme", ["signing"], timeout=60)
+            with kms.enforce_iam():  # type: ignore[attr-defined]
+                pending = client.submit("acme", b"evidence 1", job_id="evidence-1")
+                with pytest.raises(KmsPermissionError, match="dead-lettered"):
+                    pending.result(timeout=60)
+            (entry,) = deployment.deadletters().entries()
+            assert entry.job_id == "evidence-1" and entry.code == "TK-KMS-ACCESS-DENIED"
+
+            # IAM is off again (the permission was granted): replay through the ops API.
+            with TestClient(create_app(deployment.settings)) as api:
+                replayed = api.post("/api/admin/dlq/replay", json={"all": True}, headers=ADMIN)
+            assert replayed.status_code == 200, replayed.text
+            assert replayed.json() == {"replayed": [entry.id], "failed": []}
+
+            # The same job id now answers with a signature, not the old dead-letter error
+            # (waiting only: nothing is sent again from here).
+            signature = Signature.from_dict(client.wait("evidence-1", 60))
+        assert signature.tenant_id == "acme"
+        assert deployment.deadletters().depth() == 0
+        runtime = deployment.runtime()
+        runtime.service.verify("acme", b"evidence 1", signature.jws)
+        runtime.close()
     finally:
         deployment.stop()

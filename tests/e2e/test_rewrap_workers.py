@@ -28,7 +28,7 @@ from tenantkeys.client import SigningClient
 from tenantkeys.config import load_settings
 from tenantkeys.keys.model import Purpose
 from tenantkeys.keys.runtime import build_runtime
-from tenantkeys.keys.service import Signature
+from tenantkeys.signing import Signature
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.harness import Deployment, wait_for
 from tests.servers.fixtures import ProviderFactory

@@ -17,10 +17,10 @@ from tenantkeys.errors import InvalidRequest, KeyRevoked, TenantKeysError
 from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.model import Purpose
-from tenantkeys.keys.service import KeyService, Signature
+from tenantkeys.keys.service import KeyService
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.providers.local import LocalProvider
 from tenantkeys.queue.config import celery_config
+from tenantkeys.signing import Signature
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
 
@@ -216,7 +216,7 @@ def test_two_beats_rotate_each_due_key_exactly_once(redis_deployment: Deployment
     past = datetime.now(UTC) - timedelta(days=400)
     service = KeyService(
         store,
-        ProviderSet.of(LocalProvider(options.local_master_key_file)),
+        ProviderSet.from_settings(options),
         LocalKeyCache(0, 1),
         clock=lambda: past,
     )

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tenantkeys.cli import cli
+from tenantkeys.testing.moto_kms import REGION
 from tests.integration.test_api_support import environment
 from tests.servers.fixtures import ProviderFactory
-from tests.servers.moto_kms import REGION
 
 pytestmark = pytest.mark.integration
 #: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.

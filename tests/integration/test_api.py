@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tenantkeys.admin.status import BrokerProbe
 from tenantkeys.api import create_app
 from tenantkeys.api.services import ApiServices
 from tenantkeys.config import Settings, load_settings
@@ -20,6 +19,7 @@ from tenantkeys.errors import KmsPermissionError
 from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.keys.runtime import redis_client
+from tenantkeys.queue.broker import BrokerProbe
 from tests.integration.test_api_support import (
     ADMIN,
     ADMIN_TOKEN,

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from tenantkeys.api import create_app
 from tenantkeys.config import load_settings
+from tenantkeys.testing.moto_kms import REGION
 from tests.integration.test_api_support import (
     ADMIN,
     api_process,
@@ -24,7 +25,6 @@ from tests.integration.test_api_support import (
     wait_for,
 )
 from tests.servers.fixtures import ProviderFactory
-from tests.servers.moto_kms import REGION
 
 pytestmark = pytest.mark.integration
 #: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.

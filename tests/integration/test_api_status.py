@@ -14,11 +14,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tenantkeys import jobs
-from tenantkeys.admin.status import BrokerProbe, StatusSources, collect_status, state_probe
+from tenantkeys.admin.status import StatusSources, collect_status, state_probe
 from tenantkeys.api import create_app
 from tenantkeys.client import SigningClient
 from tenantkeys.config import Settings, load_settings
 from tenantkeys.keys.runtime import build_runtime
+from tenantkeys.queue.broker import BrokerProbe
 from tests.conftest import free_port, port_open, service_missing
 
 pytestmark = pytest.mark.integration

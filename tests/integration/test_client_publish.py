@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from tenantkeys import jobs
-from tenantkeys.client import PollingRedisBackend, SigningClient
+from tenantkeys.client import SigningClient
 from tenantkeys.config import load_settings
 from tenantkeys.errors import InvalidRequest, TransientError
+from tenantkeys.queue.producer import PollingRedisBackend
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -22,6 +22,7 @@ import redis
 
 from tenantkeys.config import load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode, KmsConfigError, TenantKeysError
+from tenantkeys.keys.kms import check_providers
 from tenantkeys.keys.model import KeyVersion, Purpose
 from tenantkeys.keys.rewrap import Outcome, Rewrapper
 from tenantkeys.keys.service import KeyService
@@ -389,13 +390,13 @@ def test_previous_provider_is_validated_at_start(tmp_path: Path) -> None:
         load_settings(**vault, previous_kms_provider="nope")
     assert unknown.value.code == ErrorCode.CONFIG_UNKNOWN_PROVIDER
     with pytest.raises(ConfigurationError) as missing:
-        load_settings(**vault, previous_kms_provider="aws")
+        check_providers(load_settings(**vault, previous_kms_provider="aws"))
     assert "TENANTKEYS_AWS_KMS_KEY_ID" in missing.value.message
     both = load_settings(**vault, previous_kms_provider="local")
     assert both.configured_providers == ("vault", "local")
     assert load_settings(**vault, previous_kms_provider="").configured_providers == ("vault",)
     with pytest.raises(ConfigurationError, match="TENANTKEYS_PREVIOUS_KMS_PROVIDER"):
-        load_settings(**vault).stored_key_options("local")
+        load_settings(**vault).provider_values("local")
 
 
 def test_gcp_insecure_endpoint_is_for_loopback_only() -> None:

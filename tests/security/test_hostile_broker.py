@@ -20,7 +20,8 @@ from kombu import Connection, Exchange, Producer
 from tenantkeys import jobs
 from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.faults.support import fault_deployment, results
+from tests.e2e.faults.deployment import fault_deployment
+from tests.e2e.faults.sending import results
 from tests.e2e.harness import Deployment, wait_for
 from tests.security.hostile import count_case, json_values
 from tests.security.test_hostile_input import hostile_kwargs

@@ -17,7 +17,8 @@ import pytest
 
 from tenantkeys import jobs
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.faults.support import fault_deployment, results
+from tests.e2e.faults.deployment import fault_deployment
+from tests.e2e.faults.sending import results
 from tests.e2e.harness import Deployment, wait_for
 from tests.security.test_hostile_broker import _publish
 

@@ -172,7 +172,7 @@ def test_a_job_is_only_ever_signed_with_its_own_tenant_key(
     @given(job_kwargs())
     def check(kwargs: dict[str, object]) -> None:
         count_case("isolation: job arguments")
-        outcome = runner.run(jobs.SIGN, kwargs, job_id="job")
+        outcome = runner.sign(kwargs, job_id="job")
         envelope = outcome.result
         assert envelope is not None and outcome.retry_in is None
         if envelope["ok"]:

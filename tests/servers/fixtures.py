@@ -1,5 +1,8 @@
 """Fixtures that start KMS servers on free loopback ports (moto, OpenBao, GCP and Azure stand-ins).
 
+The servers themselves live in :mod:`tenantkeys.testing`, where the benchmark harness uses them
+too; this module holds only their pytest wiring.
+
 Servers are session-scoped (started once, stopped at teardown by their own handle or PID);
 the function-scoped fixtures restart a server a test left stopped and reset its switches.
 ``provider_factory(name)`` builds a ready :class:`KmsProvider` for every registered provider
@@ -16,11 +19,11 @@ from typing import Any
 import pytest
 
 from tenantkeys.providers import KmsProvider, create_provider
+from tenantkeys.testing.azure_kv import AzureKeyVaultStandIn, StaticCredential
+from tenantkeys.testing.gcp_kms import GcpKmsStandIn
+from tenantkeys.testing.moto_kms import REGION, MotoKms
+from tenantkeys.testing.openbao import OpenBao, find_bao
 from tests.conftest import service_missing
-from tests.servers.azure_kv import AzureKeyVaultStandIn, StaticCredential
-from tests.servers.gcp_kms import GcpKmsStandIn
-from tests.servers.moto_kms import REGION, MotoKms
-from tests.servers.openbao import OpenBao, find_bao
 
 PROVIDERS = ("local", "aws", "vault", "gcp", "azure")
 CLOUD_PROVIDERS = PROVIDERS[1:]

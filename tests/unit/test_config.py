@@ -1,13 +1,23 @@
-"""Settings fail fast, with the providers listed, the missing settings named and a doc link."""
+"""Settings fail fast, with the providers listed, the missing settings named and a doc link.
+
+Config checks what it can judge alone in ``load_settings``; each provider's own settings are
+checked by ``check_providers``, which every start-up path calls.
+"""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
-from tenantkeys.config import load_settings
+import tenantkeys.config
+from tenantkeys.config import KMS_PROVIDERS, Settings, load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.keys.kms import ProviderSet, check_providers
+from tenantkeys.providers import REGISTRY, provider_class
+from tenantkeys.providers.local import LocalProvider
+from tenantkeys.providers.vault import VaultSettings
 
 pytestmark = pytest.mark.unit
 
@@ -55,11 +65,133 @@ def test_missing_provider_settings_are_named(
 ) -> None:
     monkeypatch.setenv("TENANTKEYS_KMS_PROVIDER", provider)
     with pytest.raises(ConfigurationError) as err:
-        load_settings()
+        check_providers(load_settings())
     assert err.value.code == ErrorCode.CONFIG_MISSING_SETTING
     for name in missing:
         assert name in err.value.message
-    assert "docs/setup/" in err.value.message
+    assert provider_class(provider).settings_model.setup_doc in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("auth", "missing"),
+    [
+        ("approle", ["TENANTKEYS_VAULT_ROLE_ID", "TENANTKEYS_VAULT_SECRET_ID_FILE"]),
+        ("kubernetes", ["TENANTKEYS_VAULT_KUBERNETES_ROLE"]),
+    ],
+)
+def test_vault_auth_methods_name_what_they_need(
+    monkeypatch: pytest.MonkeyPatch, auth: str, missing: list[str]
+) -> None:
+    for name, value in {"KMS_PROVIDER": "vault", "VAULT_ADDR": "https://vault:8200"}.items():
+        monkeypatch.setenv(f"TENANTKEYS_{name}", value)
+    monkeypatch.setenv("TENANTKEYS_VAULT_KEY_NAME", "tenantkeys")
+    assert check_providers(load_settings())["vault"] == VaultSettings(
+        addr="https://vault:8200", key_name="tenantkeys"
+    )
+    monkeypatch.setenv("TENANTKEYS_VAULT_AUTH", auth)
+    with pytest.raises(ConfigurationError) as err:
+        check_providers(load_settings())
+    assert err.value.code == ErrorCode.CONFIG_MISSING_SETTING
+    assert all(name in err.value.message for name in missing), err.value.message
+    assert "docs/setup/VAULT_SETUP.md" in err.value.message
+
+
+def test_an_incomplete_previous_provider_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TENANTKEYS_PREVIOUS_KMS_PROVIDER", "aws")
+    monkeypatch.setenv("TENANTKEYS_AWS_REGION", "eu-west-1")
+    settings = load_settings(local_master_key_file=tmp_path / "master.key")
+    assert settings.configured_providers == ("local", "aws")
+    with pytest.raises(ConfigurationError) as err:
+        check_providers(settings)
+    assert err.value.code == ErrorCode.CONFIG_MISSING_SETTING
+    assert "TENANTKEYS_AWS_KMS_KEY_ID" in err.value.message
+    assert "TENANTKEYS_AWS_REGION" not in err.value.message
+    with pytest.raises(ConfigurationError, match="TENANTKEYS_PREVIOUS_KMS_PROVIDER"):
+        settings.provider_values("vault")  # a stored row naming a provider never configured
+
+
+def test_a_bad_or_unknown_provider_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TENANTKEYS_KMS_PROVIDER", "vault")
+    monkeypatch.setenv("TENANTKEYS_VAULT_ADDR", "https://vault:8200")
+    monkeypatch.setenv("TENANTKEYS_VAULT_KEY_NAME", "tenantkeys")
+    monkeypatch.setenv("TENANTKEYS_VAULT_AUTH", "ldap")
+    with pytest.raises(ConfigurationError) as err:
+        check_providers(load_settings())
+    assert err.value.code == ErrorCode.CONFIG_INVALID
+    assert "TENANTKEYS_VAULT_AUTH" in err.value.message
+    monkeypatch.setenv("TENANTKEYS_VAULT_AUTH", "token")
+    monkeypatch.setenv("TENANTKEYS_VAULT_TOKN", "s.typo")
+    with pytest.raises(ConfigurationError) as err:
+        check_providers(load_settings())
+    assert "TENANTKEYS_VAULT_TOKN" in err.value.message and "s.typo" not in err.value.message
+
+
+def test_provider_settings_come_from_env_dotenv_and_overrides_in_that_order(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(
+        "TENANTKEYS_KMS_PROVIDER=aws\nTENANTKEYS_AWS_KMS_KEY_ID=alias/from-dotenv\n"
+        "TENANTKEYS_AWS_REGION=eu-west-1\n"
+    )
+    assert check_providers(load_settings())["aws"].by_variable() == {
+        "TENANTKEYS_AWS_KMS_KEY_ID": "alias/from-dotenv",
+        "TENANTKEYS_AWS_REGION": "eu-west-1",
+        "TENANTKEYS_AWS_ENDPOINT_URL": None,
+    }
+    monkeypatch.setenv("TENANTKEYS_AWS_KMS_KEY_ID", "alias/from-env")
+    monkeypatch.setenv("TENANTKEYS_AWS_ENDPOINT_URL", "")  # empty is unset
+    loaded = load_settings(aws_region="us-east-2")
+    assert dict(loaded.provider_values("aws")) == {
+        "kms_key_id": "alias/from-env",
+        "region": "us-east-2",
+    }
+    with pytest.raises(TypeError):
+        loaded.provider_values("aws")["region"] = "elsewhere"  # type: ignore[index]
+
+
+def test_production_refuses_local_when_built_too(tmp_path: Path) -> None:
+    settings = load_settings(
+        kms_provider="aws", aws_kms_key_id="k", aws_region="r", previous_kms_provider="local"
+    )
+    providers = ProviderSet.from_settings(settings)
+    assert isinstance(providers.get("local").inner, LocalProvider)
+    production = load_settings(
+        environment="production",
+        kms_provider="aws",
+        aws_kms_key_id="k",
+        aws_region="r",
+        previous_kms_provider="local",
+        local_master_key_file=tmp_path / "master.key",
+    )
+    with pytest.raises(ConfigurationError) as err:
+        ProviderSet.from_settings(production).get("local")
+    assert err.value.code == ErrorCode.CONFIG_LOCAL_IN_PRODUCTION
+
+
+def test_the_registry_names_the_providers_config_accepts() -> None:
+    assert tuple(REGISTRY) == KMS_PROVIDERS
+    for name in KMS_PROVIDERS:
+        model = provider_class(name).settings_model
+        assert model.provider == name
+        assert all(v.startswith(f"TENANTKEYS_{name.upper()}_") for v in model.variables())
+        # TENANTKEYS_<PROVIDER>_* belongs to the provider: no setting of config's own takes it.
+        assert not [v for v in Settings.variables() if v.startswith(f"TENANTKEYS_{name.upper()}_")]
+
+
+def test_config_imports_no_provider() -> None:
+    """Config sits below the providers: it names them and keeps their raw values, no more."""
+    package = Path(tenantkeys.config.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tenantkeys"):
+                assert node.module in ("tenantkeys.errors", "tenantkeys.config.concerns"), (
+                    source.name,
+                    node.module,
+                )
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("tenantkeys") for a in node.names), source.name
 
 
 def test_local_refused_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,10 +235,16 @@ def test_bad_values_are_one_readable_error(
 def test_masked_config_hides_passwords_and_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TENANTKEYS_DATABASE_URL", "postgresql://svc:hunter2@db/keys")
     monkeypatch.setenv("TENANTKEYS_ADMIN_TOKEN_SHA256", "ab" * 32)
+    monkeypatch.setenv("TENANTKEYS_KMS_PROVIDER", "vault")
+    monkeypatch.setenv("TENANTKEYS_VAULT_ADDR", "https://ops:vaultpw@vault:8200")
+    monkeypatch.setenv("TENANTKEYS_AWS_REGION", "eu-west-1")  # not a configured provider
     shown = load_settings().masked()
-    assert "hunter2" not in str(shown)
+    assert "hunter2" not in str(shown) and "vaultpw" not in str(shown)
     assert "ab" * 32 not in str(shown)
     assert shown["TENANTKEYS_DATABASE_URL"] == "postgresql://svc:***@db/keys"
+    assert shown["TENANTKEYS_VAULT_ADDR"] == "https://ops:***@vault:8200"
+    assert "TENANTKEYS_AWS_REGION" not in shown
+    assert "TENANTKEYS_PROVIDER_SETTINGS" not in shown
 
 
 def test_kms_prices_are_validated_and_parsed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ def sign_kwargs(tenant: str = "acme", payload: bytes = b"hello") -> dict[str, ob
 
 
 def test_sign_returns_an_ok_envelope(runner: JobRunner) -> None:
-    outcome = runner.run(jobs.SIGN, sign_kwargs(), job_id="j1")
+    outcome = runner.sign(sign_kwargs(), job_id="j1")
     assert outcome.retry_in is None and outcome.result is not None
     signature = jobs.unwrap(outcome.result)
     runner.service.verify("acme", b"hello", signature["jws"])
@@ -53,7 +53,7 @@ def test_sign_returns_an_ok_envelope(runner: JobRunner) -> None:
 def test_bad_input_is_an_error_result_without_retry_or_dead_letter(
     runner: JobRunner, kwargs: dict[str, object], code: ErrorCode
 ) -> None:
-    outcome = runner.run(jobs.SIGN, kwargs, job_id="j1")
+    outcome = runner.sign(kwargs, job_id="j1")
     assert outcome.retry_in is None and outcome.result is not None
     assert outcome.result["ok"] is False and outcome.result["error"]["code"] == code
     assert runner.deadletters.depth() == 0
@@ -64,9 +64,9 @@ def test_bad_input_is_an_error_result_without_retry_or_dead_letter(
 def test_transient_errors_retry_then_dead_letter(runner: JobRunner, provider: FlakyLocal) -> None:
     provider.fail_with = TransientKmsError("KMS timed out", provider="local")
     for attempt in range(2):
-        outcome = runner.run(jobs.SIGN, sign_kwargs(), job_id="j1", retries=attempt)
+        outcome = runner.sign(sign_kwargs(), job_id="j1", retries=attempt)
         assert outcome.retry_in is not None and 0 <= outcome.retry_in <= 1.0
-    outcome = runner.run(jobs.SIGN, sign_kwargs(), job_id="j1", retries=2)
+    outcome = runner.sign(sign_kwargs(), job_id="j1", retries=2)
     assert outcome.retry_in is None and outcome.result is not None
     entry_id = outcome.result["error"]["dead_letter"]
     entry = runner.deadletters.get(entry_id)
@@ -77,7 +77,7 @@ def test_transient_errors_retry_then_dead_letter(runner: JobRunner, provider: Fl
 
 def test_permission_errors_dead_letter_at_once(runner: JobRunner, provider: FlakyLocal) -> None:
     provider.fail_with = KmsPermissionError("needs kms:Decrypt; see docs", provider="aws")
-    outcome = runner.run(jobs.SIGN, sign_kwargs(), job_id="j1")
+    outcome = runner.sign(sign_kwargs(), job_id="j1")
     assert outcome.retry_in is None and outcome.result is not None
     entry = runner.deadletters.get(outcome.result["error"]["dead_letter"])
     assert entry.attempts == 1 and "kms:Decrypt" in entry.message
@@ -89,7 +89,7 @@ def test_sign_batch_isolates_bad_items(runner: JobRunner) -> None:
         sign_kwargs(tenant="bad tenant!"),
         sign_kwargs(payload=b"c"),
     ]
-    outcome = runner.run(jobs.SIGN_BATCH, {"items": items}, job_id="b1")
+    outcome = runner.sign_batch({"items": items}, job_id="b1")
     assert outcome.result is not None
     results = jobs.unwrap(outcome.result)["results"]
     assert [r["ok"] for r in results] == [True, False, True]
@@ -97,27 +97,23 @@ def test_sign_batch_isolates_bad_items(runner: JobRunner) -> None:
 
 
 def test_key_jobs(runner: JobRunner) -> None:
-    created = jobs.unwrap(runner.run(jobs.CREATE_KEYS, {"tenant_id": "globex"}, job_id="c").result)
+    created = jobs.unwrap(runner.create_keys({"tenant_id": "globex"}, job_id="c").result)
     kid = created["keys"][0]["kid"]
     rotated = jobs.unwrap(
-        runner.run(
-            jobs.ROTATE_KEY,
+        runner.rotate_key(
             {"tenant_id": "globex", "purpose": "signing", "expected_version": 1},
             job_id="r",
         ).result
     )
     assert rotated["rotated"] and rotated["new_version"] == 2
     again = jobs.unwrap(
-        runner.run(
-            jobs.ROTATE_KEY,
+        runner.rotate_key(
             {"tenant_id": "globex", "purpose": "signing", "expected_version": 1},
             job_id="r2",
         ).result
     )
     assert not again["rotated"]
-    revoked = jobs.unwrap(
-        runner.run(jobs.REVOKE_KEY, {"tenant_id": "globex", "kid": kid}, job_id="v").result
-    )
+    revoked = jobs.unwrap(runner.revoke_key({"tenant_id": "globex", "kid": kid}, job_id="v").result)
     assert revoked["status"] == "revoked"
 
 

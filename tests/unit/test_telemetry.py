@@ -370,9 +370,11 @@ def test_exporter_follows_otel_traces_exporter(
 def test_instrument_celery_is_idempotent() -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
+    from tenantkeys.queue.tracing import instrument_celery
+
     try:
-        tracing.instrument_celery()
-        tracing.instrument_celery()
+        instrument_celery()
+        instrument_celery()
         assert CeleryInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
     finally:
         CeleryInstrumentor().uninstrument()  # type: ignore[no-untyped-call]

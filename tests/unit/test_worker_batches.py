@@ -1,4 +1,5 @@
-"""The signing batch's shared round trips: results stored together, messages acked together."""
+"""The signing batch's fast path: results stored and messages acked together, batches that
+end in a hook (finished or lost), never in silence."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from tenantkeys import telemetry
 from tenantkeys.config import load_settings
 from tenantkeys.queue.config import celery_config
 from workers.fastpath import acks, results
+from workers.fastpath.batches import FencedBatches
+from workers.fastpath.transport import Transport
 
 pytestmark = pytest.mark.unit
 
@@ -138,7 +141,9 @@ def test_a_redis_broker_gets_the_batched_fetch_transport() -> None:
         on_redis = worker_app.create_app(
             load_settings(broker_url="redis://127.0.0.1:6379/12", broker_fetch_batch=32)
         )
-        assert on_redis.conf.broker_transport == "workers.fastpath.transport:Transport"
+        # The class itself, and Celery hands it to kombu as it is (no import by name).
+        assert on_redis.conf.broker_transport is Transport
+        assert on_redis.connection_for_write().get_transport_cls() is Transport
         assert on_redis.conf.broker_transport_options["fetch_batch"] == 32
         on_rabbit = worker_app.create_app(
             load_settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
@@ -162,3 +167,111 @@ def test_a_dead_restorer_blocks_restores_for_half_a_visibility_timeout(
     )
     options = celery_config(settings)["broker_transport_options"]
     assert options["unacked_mutex_expire"] == expire
+
+
+class _Pool:
+    """Records what a batch hands to the pool; the test plays the pool's callbacks."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, Any, dict[str, Any]]] = []
+
+    def apply_async(self, target: Any, args: Any, **options: Any) -> None:
+        self.calls.append((target, args, options))
+
+
+class _Lost(_Request):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(_Message(object()))
+        self.id = job_id
+        self.name = "t.batch"
+        self._payload = ((), {"n": job_id}, {})
+        self.delivery_info: dict[str, Any] = {}
+        self.hostname = "w1"
+        self.reply_to = self.correlation_id = None
+        self.request_dict: dict[str, Any] = {}
+        self.rejected: list[bool] = []
+
+    def reject(self, requeue: bool = False) -> None:
+        self.rejected.append(requeue)
+
+
+def _batch_task(**attributes: Any) -> Any:
+    app = Celery("t", set_as_current=False)
+    events: list[tuple[str, list[str], Any]] = []
+
+    class Recording(FencedBatches):  # type: ignore[misc]
+        name = "t.batch"
+
+        def on_batch_finished(self, requests: Any, result: Any) -> None:
+            events.append(("finished", [r.id for r in requests], result))
+
+        def on_batch_lost(self, requests: Any, reason: Any) -> None:
+            events.append(("lost", [r.id for r in requests], reason))
+
+    for key, value in attributes.items():
+        setattr(Recording, key, value)
+    task = app.register_task(Recording())
+    task._pool = _Pool()
+    return task, events
+
+
+def test_a_batch_ends_in_the_finished_or_the_lost_hook() -> None:
+    from celery_batches.trace import apply_batches_task
+
+    task, events = _batch_task(batch_soft_time_limit=5.0, batch_time_limit=9.0)
+    requests = [_Lost("a"), _Lost("b")]
+    task.flush(requests)
+    target, args, options = task._pool.calls[0]
+    assert target is apply_batches_task and args[0] is task
+    assert [simple.kwargs for simple in args[1][0]] == [{"n": "a"}, {"n": "b"}]
+    assert (options["soft_timeout"], options["timeout"]) == (5.0, 9.0)
+    options["callback"](["a"])  # what the task returned
+    options["error_callback"]("WorkerLostError")
+    assert events == [
+        ("finished", ["a", "b"], ["a"]),
+        ("lost", ["a", "b"], "WorkerLostError"),
+    ]
+
+
+def test_by_default_a_lost_batch_queues_each_job_again_and_limits_are_the_workers() -> None:
+    app = Celery("t", set_as_current=False)
+    task = app.register_task(type("Plain", (FencedBatches,), {"name": "t.plain"})())
+    task._pool = _Pool()
+    requests = [_Lost("a"), _Lost("b")]
+    task.flush(requests)
+    _, _, options = task._pool.calls[0]
+    assert (options["soft_timeout"], options["timeout"]) == (None, None)  # the pool's defaults
+    options["error_callback"](RuntimeError("process died"))
+    assert [r.rejected for r in requests] == [[True], [True]]
+    options["callback"](None)  # the finished hook acks (one by one off Redis)
+    assert [r.acked_alone for r in requests] == [1, 1]
+
+
+def test_each_strategy_rearms_the_flush_timer() -> None:
+    task, _ = _batch_task()
+
+    class Timer:
+        def __init__(self) -> None:
+            self.cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    armed = Timer()
+    task._tref = armed
+    consumer = type(
+        "Consumer",
+        (),
+        {
+            "pool": _Pool(),
+            "hostname": "w1",
+            "connection_errors": (),
+            "event_dispatcher": None,
+            "timer": None,
+        },
+    )()
+    handler = task.Strategy(task, task.app, consumer)
+    # The old timer died with the old connection: cancelled and forgotten, so the next job
+    # arms a new one on this consumer's timer.
+    assert callable(handler) and armed.cancelled and task._tref is None
+    assert task._pool is consumer.pool

@@ -51,50 +51,46 @@ def value(name: str, **labels: str) -> float:
 
 
 def test_sign_outcomes_are_labelled(runner: JobRunner, provider: FlakyLocal) -> None:
-    assert runner.run(jobs.SIGN, sign(), job_id="a").signatures == ("ok",)
-    assert runner.run(jobs.SIGN, sign(tenant="bad tenant!"), job_id="b").signatures == ("rejected",)
+    assert runner.sign(sign(), job_id="a").signatures == ("ok",)
+    assert runner.sign(sign(tenant="bad tenant!"), job_id="b").signatures == ("rejected",)
     provider.fail_with = TransientKmsError("slow", provider="local")
-    assert runner.run(jobs.SIGN, sign(), job_id="c").signatures == ("retry",)
-    assert runner.run(jobs.SIGN, sign(), job_id="c", retries=1).signatures == ("failed",)
+    assert runner.sign(sign(), job_id="c").signatures == ("retry",)
+    assert runner.sign(sign(), job_id="c", retries=1).signatures == ("failed",)
     provider.fail_with = KmsPermissionError("needs kms:Decrypt", provider="local")
-    assert runner.run(jobs.SIGN, sign(), job_id="d").signatures == ("failed",)
+    assert runner.sign(sign(), job_id="d").signatures == ("failed",)
 
 
 def test_sign_batch_gets_one_label_per_item(runner: JobRunner, provider: FlakyLocal) -> None:
     items = [sign(b"one"), sign(tenant="bad tenant!"), sign(b"three")]
-    outcome = runner.run(jobs.SIGN_BATCH, {"items": items}, job_id="e")
+    outcome = runner.sign_batch({"items": items}, job_id="e")
     assert outcome.signatures == ("ok", "rejected", "ok")
 
     provider.fail_with = TransientKmsError("slow", provider="local")
-    assert runner.run(jobs.SIGN_BATCH, {"items": items}, job_id="f").signatures == ("retry",) * 3
+    assert runner.sign_batch({"items": items}, job_id="f").signatures == ("retry",) * 3
     # Retries spent: dead-lettered with partial results, each item labelled by its own error.
-    spent = runner.run(jobs.SIGN_BATCH, {"items": items}, job_id="f", retries=1)
+    spent = runner.sign_batch({"items": items}, job_id="f", retries=1)
     assert spent.signatures == ("failed", "rejected", "failed")
 
-    refused = runner.run(jobs.SIGN_BATCH, {"items": "not a list"}, job_id="g")
+    refused = runner.sign_batch({"items": "not a list"}, job_id="g")
     assert refused.signatures == ("rejected",)
 
 
 def test_rotation_outcomes_are_labelled(runner: JobRunner) -> None:
-    first = runner.run(
-        jobs.ROTATE_KEY,
+    first = runner.rotate_key(
         {"tenant_id": "acme", "purpose": "signing", "expected_version": 1},
         job_id="h",
     )
     assert first.rotation == ("signing", "ok")
-    again = runner.run(
-        jobs.ROTATE_KEY,
+    again = runner.rotate_key(
         {"tenant_id": "acme", "purpose": "signing", "expected_version": 1},
         job_id="i",
     )
     assert again.rotation == ("signing", "skipped")
-    missing = runner.run(
-        jobs.ROTATE_KEY, {"tenant_id": "nokeys", "purpose": "encryption"}, job_id="j"
-    )
+    missing = runner.rotate_key({"tenant_id": "nokeys", "purpose": "encryption"}, job_id="j")
     assert missing.rotation == ("encryption", "failed")
-    bogus = runner.run(jobs.ROTATE_KEY, {"tenant_id": "acme", "purpose": "bogus"}, job_id="k")
+    bogus = runner.rotate_key({"tenant_id": "acme", "purpose": "bogus"}, job_id="k")
     assert bogus.rotation is None  # no valid label value: not counted
-    assert runner.run(jobs.CREATE_KEYS, {"tenant_id": "x1"}, job_id="l").signatures == ()
+    assert runner.create_keys({"tenant_id": "x1"}, job_id="l").signatures == ()
 
 
 def test_record_metrics_counts_with_enqueue_latency() -> None:

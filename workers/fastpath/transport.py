@@ -1,72 +1,140 @@
-"""The worker's Redis transport: kombu's, plus many messages per round trip, each taken atomically.
+"""The worker's Redis transport: kombu's, minus the lost-message window, many messages per trip.
 
-kombu's Redis consumer takes one message per BRPOP and then records it as unacked (ZADD to the
-index, HSET of the message re-encoded as JSON) in a second round trip. Under load that is two
-round trips and a JSON encode per message on the consumer thread that feeds every pool
-process; profiles of single-job bursts showed it as the worker's bound. It also leaves a
-window: a worker killed between the two round trips has taken a message nobody will restore.
+kombu's Redis consumer takes a message with BRPOP and records it as unacked (ZADD to the index,
+HSET of the message re-encoded as JSON) in a second round trip. A worker killed between the two
+has taken a message nobody will restore: a fire-and-forget job is gone. Under load it is also
+two round trips and a JSON encode per message on the consumer thread that feeds every pool
+process.
 
-This transport keeps BRPOP for waiting (it blocks until a queue has work, across every queue
-and priority, exactly as before), and after each BRPOP takes up to ``fetch_batch`` more
-messages with one Lua script. For each message the script reads the tail of the queue, records
-it as unacked (ZADD, HSET) and only then pops it, so a message is always either queued or
-recorded, never neither: those messages have no lost-message window, and they cost the
-consumer one round trip between them and no re-encoding (the script stores the text it read).
+Here nothing ever pops a message without recording it in the same atomic step. The consumer
+asks for messages with one Lua script (:data:`_TAKE`): for each message it reads the tail of a
+queue, records it as unacked in kombu's own format (index score, hash value ``[message,
+exchange, routing_key]`` holding the text it read, no re-encoding) and only then pops it. So a
+message is at every instant queued or recorded, never neither, and one round trip takes up to
+``fetch_batch`` messages. When that script finds every queue empty, the consumer waits with
+``BLMOVE key key RIGHT RIGHT``: a blocking move of a queue's tail onto itself, which leaves the
+queue as it was and only wakes the consumer, whose next script call takes the message. There is
+no in-flight list to restore and no consumer registry: a killed consumer leaves its messages
+either queued or unacked, and kombu's ``restore_visible`` brings the latter back.
+
+BLMOVE watches one key where BRPOP watched all of them, so an idle consumer watches its busiest
+key (the most messages taken, recent rounds weighing more) for ``fetch_wait`` seconds, then
+scans every queue again. A message arriving on the watched key is taken at once; one arriving
+while idle on another queue or priority level waits until the wait ends, which Redis rounds up
+to its next ``hz`` tick: 50 to 150 ms on a default server (hz 10; measured p50 90 ms). On a
+single-key consumer the wait is kombu's ``brpop_timeout``. Several idle consumers watching one
+key all wake for a message; one takes it. Under load no one waits: each round trip takes what
+is queued, from every key, in kombu's order.
 
 What stays as kombu has it: the message format, the unacked keys and the restore path (so
-producers, ``restore_visible`` and the batched acks of ``workers.fastpath.acks`` need no change, and
-workers on the stock transport can share queues with these), the prefetch limit (the script
-takes at most the room the QoS has left), fairness (queues are taken in turn, in the consumer's
-round-robin order, priority levels first), ``no_ack`` consumers (their queues, e.g. Celery's
-reply queues, are left to BRPOP) and large messages (the script stops at ``_BYTE_BUDGET``
-bytes, so a backlog of 1-2 MB ``sign_batch`` messages is read one BRPOP at a time and never
-holds Redis up for long). A message the script cannot read a tag from stays queued for BRPOP;
-one the script can read but Python's JSON cannot is removed from the unacked records and
-logged, never handed to the consumer (kombu's own BRPOP path would drop it too).
+producers, ``restore_visible``, the batched acks of :mod:`workers.fastpath.acks` and workers on
+the stock transport share queues with these), the prefetch limit (the script takes at most the
+room the QoS has left), fairness (within a priority level, queues are taken one message each in
+turn, in the consumer's round-robin order, higher levels first, as BRPOP's key order does),
+``no_ack`` consumers (their messages are popped without a record, one per queue and round, as
+BRPOP would) and the key prefix (``global_keyprefix``). Large messages: a round stops at
+:data:`_BYTE_BUDGET` bytes (its first message is taken whatever its size), so a backlog of
+1-2 MB ``sign_batch`` messages is taken one per round trip and never holds Redis up for long;
+the script decodes only the tail of a message (kombu writes its properties last), not 2 MB.
+
+An item that is not a kombu message (no delivery tag) is popped and dropped with an error log,
+as kombu's BRPOP path drops it (with an exception); one the script reads but Python's JSON
+cannot is removed from the unacked records and dropped the same way (kombu's restore would fail
+on it). Messages taken while the channel closes, or after a callback raised, are queued again
+at once, where they were. A round whose reply is lost with the connection stays unacked and
+comes back after the visibility timeout (BRPOP's reply would have been lost for good).
+
+``fetch_batch = 0`` (``TENANTKEYS_BROKER_FETCH_BATCH=0``) is kombu's stock path, window
+included: the fallback if an upgrade breaks the members listed in :mod:`workers.fastpath`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from time import time
-from typing import Any
+from collections.abc import Sequence
+from queue import Empty
+from time import monotonic, time
+from typing import Any, NamedTuple
 
-import redis
 from kombu.transport import redis as redis_transport
 from kombu.transport import virtual
 from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
 
 log = logging.getLogger(__name__)
 
-#: Most bytes of messages one script call takes (beyond the BRPOP's): enough for 64 single
-#: signing jobs (~2 KB each) many times over, small enough that one call holds Redis for
-#: milliseconds, not the ~0.9 s that 64 messages of 2 MB took when measured.
+#: Most bytes of messages one script call takes (its first message whatever its size): enough
+#: for 64 single signing jobs (~2 KB each) many times over, small enough that one call holds
+#: Redis for milliseconds, not the ~0.9 s that 64 messages of 2 MB took when measured.
 _BYTE_BUDGET = 1_048_576
+
+#: Weight a round keeps of the traffic counted before it: after a burst of sign jobs, one
+#: maintenance job does not move the watch, a lasting change of traffic does.
+_TRAFFIC_DECAY = 0.9
 
 #: KEYS[1] unacked hash, KEYS[2] unacked index, KEYS[3..] queue keys grouped by priority level
 #: (ARGV[3] keys per level, in the consumer's round-robin order). ARGV[1] most messages,
-#: ARGV[2] now, ARGV[4] byte budget. Within a level, queues are taken one message each in turn.
-#: Returns key, tag, message for each message taken. A message whose tag cannot be read is
-#: left where it is and that queue is skipped until BRPOP takes it (kombu then deals with it).
+#: ARGV[2] now (the index score, as kombu's QoS.append writes it), ARGV[4] byte budget (the
+#: first message is taken whatever its size), ARGV[5] one character per queue of a level, '1'
+#: for a no_ack consumer. A message is dropped from its queue with LTRIM, not RPOP: RPOP would
+#: copy it into Lua once more (3 ms of Redis time for 2 MB, measured).
+#: Within a level, queues give one message each in turn. Returns kind, key, tag, item for each
+#: item taken: 'a' recorded as unacked, then popped; 'n' popped for a no_ack consumer (one per
+#: queue, kombu records none); 'x' not a kombu message, popped (its size in place of the item).
 _TAKE = """
+-- A message's properties. kombu writes them last: decode that tail only (a 2 MB message is
+-- not decoded whole inside Redis); anything else (another key order, a tail that is not JSON)
+-- is decoded whole.
+local function properties_of(item)
+    local last, at = nil, math.max(1, #item - 65536) - 1
+    repeat
+        at = string.find(item, '"properties":', at + 1, true)
+        if at then last = at end
+    until not at
+    if last then
+        local ok, tail = pcall(cjson.decode, string.sub(item, last + 13, -2))
+        if ok and type(tail) == 'table' and type(tail['delivery_tag']) == 'string' then
+            return tail
+        end
+    end
+    local ok, message = pcall(cjson.decode, item)
+    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+        return message['properties']
+    end
+    return nil
+end
+
 local room = tonumber(ARGV[1])
 local per_level = tonumber(ARGV[3])
 local budget = tonumber(ARGV[4])
+local no_ack = ARGV[5]
 local taken = {}
 local first = 3
 while first <= #KEYS and room > 0 and budget > 0 do
     local open = {}
-    for i = first, math.min(first + per_level - 1, #KEYS) do open[#open + 1] = KEYS[i] end
+    for i = first, math.min(first + per_level - 1, #KEYS) do open[#open + 1] = i end
     while #open > 0 and room > 0 and budget > 0 do
         local still = {}
-        for _, key in ipairs(open) do
+        for _, i in ipairs(open) do
             if room <= 0 or budget <= 0 then break end
+            local key = KEYS[i]
             local item = redis.call('LINDEX', key, -1)
-            if item and #item <= budget then
-                local ok, message = pcall(cjson.decode, item)
-                local properties = ok and type(message) == 'table' and message['properties']
-                local tag = type(properties) == 'table' and properties['delivery_tag']
-                if type(tag) == 'string' then
+            if item and #taken > 0 and #item > budget then
+                budget = 0
+            elseif item then
+                budget = budget - #item
+                room = room - 1
+                local flag = i - first + 1
+                local properties = properties_of(item)
+                local tag = properties and properties['delivery_tag']
+                if no_ack:sub(flag, flag) == '1' then
+                    redis.call('LTRIM', key, 0, -2)
+                    taken[#taken + 1] = 'n'
+                    taken[#taken + 1] = key
+                    taken[#taken + 1] = ''
+                    taken[#taken + 1] = item
+                elseif type(tag) == 'string' then
                     local info = properties['delivery_info']
                     local exchange, routing_key = '', ''
                     if type(info) == 'table' then
@@ -78,16 +146,20 @@ while first <= #KEYS and room > 0 and budget > 0 do
                     redis.call('ZADD', KEYS[2], ARGV[2], tag)
                     redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' ..
                         cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
-                    redis.call('RPOP', key)
+                    redis.call('LTRIM', key, 0, -2)
+                    taken[#taken + 1] = 'a'
                     taken[#taken + 1] = key
                     taken[#taken + 1] = tag
                     taken[#taken + 1] = item
-                    room = room - 1
-                    budget = budget - #item
-                    still[#still + 1] = key
+                    still[#still + 1] = i
+                else
+                    redis.call('LTRIM', key, 0, -2)
+                    taken[#taken + 1] = 'x'
+                    taken[#taken + 1] = key
+                    taken[#taken + 1] = ''
+                    taken[#taken + 1] = tostring(#item)
+                    still[#still + 1] = i
                 end
-            elseif item then
-                budget = 0
             end
         end
         open = still
@@ -96,6 +168,16 @@ while first <= #KEYS and room > 0 and budget > 0 do
 end
 return taken
 """
+_TAKE_SHA = hashlib.sha1(_TAKE.encode(), usedforsecurity=False).hexdigest()
+
+
+class _Taken(NamedTuple):
+    """One item of a take script's reply."""
+
+    kind: str  # 'a' recorded as unacked, 'n' for a no_ack consumer, 'x' not a kombu message
+    key: str  # the queue key it came from, without the global key prefix
+    tag: str
+    item: bytes
 
 
 class QoS(redis_transport.QoS):
@@ -114,24 +196,43 @@ class QoS(redis_transport.QoS):
 
 
 class Channel(redis_transport.Channel):
-    """kombu's Redis channel; after each BRPOP, up to ``fetch_batch`` more messages at once."""
+    """kombu's Redis channel, taking messages with :data:`_TAKE` and waiting with BLMOVE."""
 
     QoS = QoS
-    #: Most messages taken in one extra round trip (transport option ``fetch_batch``; 0 = off).
+    #: Most messages one round trip takes (transport option ``fetch_batch``; 0 = kombu's path).
     fetch_batch = 64
-    from_transport_options = (*redis_transport.Channel.from_transport_options, "fetch_batch")  # type: ignore[assignment]
+    #: Seconds an idle consumer watches one key before it scans every queue again (transport
+    #: option ``fetch_wait``): how long a message on another key may wait while it is idle.
+    #: Redis ends a blocking wait on its next ``hz`` tick: 0.05 s waits 50-150 ms at hz 10.
+    fetch_wait = 0.05
+    from_transport_options = (  # type: ignore[assignment]
+        *redis_transport.Channel.from_transport_options,
+        "fetch_batch",
+        "fetch_wait",
+    )
 
-    _take: Any = None
+    #: What the reply pending on the blocking connection answers: "take", "wait" or nothing.
+    _pending: str | None = None
+    #: The last take found every queue empty: wait on one key before the next.
+    _idle = False
+    _script_loaded = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._no_ack_queues: set[str] = set()
+        #: Messages taken per key (without prefix), decayed each round: the busiest is watched.
+        self._traffic: dict[str, float] = {}
+
+    @property
+    def _fast(self) -> bool:
+        return bool(self.fetch_batch) and bool(self.ack_emulation)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
             self._no_ack_queues.add(queue)
         else:
             self._no_ack_queues.discard(queue)
+        self._idle = False  # a new queue is scanned at once, not after the wait
         return super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -140,86 +241,170 @@ class Channel(redis_transport.Channel):
             self._no_ack_queues.discard(queue)
         return super().basic_cancel(consumer_tag)  # type: ignore[no-untyped-call]
 
-    def _brpop_read(self, **options: Any) -> bool:
-        delivered: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
-        if delivered:
-            self._take_more()
-        return delivered
+    # -- the blocking connection: kombu's poller calls these for its "BRPOP" registration --
 
-    def _take_more(self) -> None:
-        if self._closing or not self.fetch_batch or not self.ack_emulation:
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._fast:
+            super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
             return
-        queues = [
-            q
-            for q in self._queue_cycle.consume(len(self.active_queues))
-            if q not in self._no_ack_queues
+        queues: list[str] = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        keys: list[str] = [
+            self._q_for_pri(queue, pri)  # type: ignore[no-untyped-call]
+            for pri in self.priority_steps
+            for queue in queues
         ]
-        room = self.qos.can_consume_max_estimate()
-        limit = self.fetch_batch if room is None else min(room, self.fetch_batch)
-        if not queues or limit <= 0:
-            return
         prefix = self.global_keyprefix or ""
-        keys = [
-            prefix + self.unacked_key,
-            prefix + self.unacked_index_key,
-            *(
-                prefix + self._q_for_pri(q, pri)  # type: ignore[no-untyped-call]
-                for pri in self.priority_steps
-                for q in queues
-            ),
-        ]
-        # A client over the channel's current pool that does not add the key prefix: the keys
-        # above carry it already (kombu's prefixing client prefixes only EVALSHA's first key).
-        client = redis.Redis(connection_pool=self.pool)
-        if self._take is None:
-            self._take = client.register_script(_TAKE)
-        try:
-            reply = self._take(
-                keys=keys, args=[limit, time(), len(queues), _BYTE_BUDGET], client=client
-            )
-        except self.connection_errors as exc:
-            # Nothing was lost: each message is recorded before it is popped, in one script.
-            log.warning("batched fetch failed (%s); BRPOP goes on", type(exc).__name__)
+        if self._idle:
+            watched = max(keys, key=lambda key: self._traffic.get(key, 0.0))
+            wait = self.fetch_wait
+            if len(keys) == 1 and self.brpop_timeout:
+                wait = self.brpop_timeout  # nothing else to miss meanwhile
+            if timeout is not None:
+                wait = timeout
+            key = prefix + watched
+            self._send("wait", "BLMOVE", key, key, "RIGHT", "RIGHT", wait)
             return
-        taken = [
-            (reply[i].decode()[len(prefix) :], reply[i + 1].decode(), reply[i + 2])
-            for i in range(0, len(reply), 3)
-        ]
-        for index, (key, tag, item) in enumerate(taken):
+        room = self.qos.can_consume_max_estimate()
+        limit = self.fetch_batch if room is None else max(1, min(room, self.fetch_batch))
+        script_keys = [prefix + self.unacked_key, prefix + self.unacked_index_key]
+        script_keys += [prefix + key for key in keys]
+        no_ack = "".join("1" if queue in self._no_ack_queues else "0" for queue in queues)
+        self._load_script()
+        self._send(
+            "take",
+            "EVALSHA",
+            _TAKE_SHA,
+            len(script_keys),
+            *script_keys,
+            limit,
+            time(),
+            len(queues),
+            _BYTE_BUDGET,
+            no_ack,
+        )
+
+    def _send(self, pending: str, *command: Any) -> None:
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]
+        self._pending = pending
+        connection.send_command(*command)
+
+    def _load_script(self) -> None:
+        if not self._script_loaded:
+            with self.conn_or_acquire() as client:
+                client.script_load(_TAKE)
+            self._script_loaded = True
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._fast:
+            delivered: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+            return delivered
+        pending, self._pending = self._pending, None
+        try:
+            if pending is None:
+                raise Empty()
+            connection = self.client.connection
             try:
-                self._deliver_taken(key, tag, item)
+                reply = self.client.parse_response(
+                    connection, "EVALSHA" if pending == "take" else "BLMOVE", **options
+                )
+            except NoScriptError:
+                # Flushed or failed over since it was loaded: the script ran nothing.
+                self._script_loaded = False
+                raise Empty() from None
+            except self.connection_errors:
+                # As kombu: disconnect, and the next poll reconnects. A take's messages may be
+                # recorded already; they come back after the visibility timeout.
+                connection.disconnect()
+                raise
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            self._flush_brpop_reauth()  # type: ignore[no-untyped-call]  # idle: kombu's moment
+        if pending == "wait":
+            self._idle = False  # a message on the watched key, or time to scan them all
+            raise Empty()
+        taken = self._parse(reply)
+        if not taken:
+            self._idle = True
+            raise Empty()
+        if self._closing:
+            self._give_back(taken)
+            raise Empty()
+        for key in self._traffic:
+            self._traffic[key] *= _TRAFFIC_DECAY
+        for item in taken:
+            if item.kind != "x":
+                self._traffic[item.key] = self._traffic.get(item.key, 0.0) + 1
+        self._deliver_round(taken)
+        return True
+
+    def _parse(self, reply: Sequence[bytes]) -> list[_Taken]:
+        cut = len(self.global_keyprefix or "")
+        return [
+            _Taken(
+                reply[i].decode(), reply[i + 1].decode()[cut:], reply[i + 2].decode(), reply[i + 3]
+            )
+            for i in range(0, len(reply), 4)
+        ]
+
+    def _deliver_round(self, taken: list[_Taken]) -> None:
+        for index, item in enumerate(taken):
+            try:
+                self._deliver_one(item)
             except BaseException:
-                # Recorded as unacked but not handed to the consumer: queue the rest again now
-                # (as a rejected message is), not after the visibility timeout.
-                self._give_back([tag for _, tag, _ in taken[index + 1 :]])
+                # Taken but not handed to the consumer: queue the rest again now, where they
+                # were, not after the visibility timeout. The callback's error propagates, as
+                # it does from kombu's BRPOP path.
+                self._give_back(taken[index + 1 :])
                 raise
 
-    def _deliver_taken(self, key: str, tag: str, item: bytes) -> None:
-        try:
-            payload = loads(item)  # type: ignore[no-untyped-call]
-        except ValueError:
-            # cjson read its tag, Python's json refuses it: a message nobody can decode. It
-            # must not stay in the unacked records, where kombu's restore would fail on it.
-            self.qos._remove_from_indices(tag).execute()
-            log.error("dropped an undecodable message of %d bytes from %s", len(item), key)
+    def _deliver_one(self, taken: _Taken) -> None:
+        if taken.kind == "x":
+            log.error(
+                "dropped an item of %s bytes from %s: not a kombu message",
+                taken.item.decode(),
+                taken.key,
+            )
             return
-        queue = key.rsplit(self.sep, 1)[0]
+        try:
+            payload = loads(taken.item)  # type: ignore[no-untyped-call]
+        except ValueError:
+            # cjson read it, Python's json refuses it: a message nobody can decode. It must
+            # not stay in the unacked records, where kombu's restore would fail on it.
+            if taken.kind == "a":
+                self.qos._remove_from_indices(taken.tag).execute()
+            log.error(
+                "dropped an undecodable message of %d bytes from %s", len(taken.item), taken.key
+            )
+            return
+        queue = taken.key.rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
-        self.qos.recorded.add(tag)
+        if taken.kind == "n":
+            self.connection._deliver(payload, queue)
+            return
+        self.qos.recorded.add(taken.tag)
         try:
             self.connection._deliver(payload, queue)
         finally:
-            self.qos.recorded.discard(tag)
+            self.qos.recorded.discard(taken.tag)
 
-    def _give_back(self, tags: list[str]) -> None:
-        for tag in tags:
+    def _give_back(self, taken: Sequence[_Taken]) -> None:
+        """Queue taken messages again at the tail, in their order (the next to be taken)."""
+        for item in reversed(taken):
             try:
-                self.qos.restore_by_tag(tag, leftmost=True)
-            except Exception as exc:  # the visibility timeout restores it instead
-                log.warning("message %s stays unacked until restored (%s)", tag, exc)
+                if item.kind == "a":
+                    self.qos.restore_by_tag(item.tag, leftmost=False)
+                elif item.kind == "n":
+                    with self.conn_or_acquire() as client:  # it adds the key prefix
+                        client.rpush(item.key, item.item)
+            except Exception as exc:  # an 'a' comes back after the visibility timeout instead
+                log.warning("a taken message stays where it is (%s)", type(exc).__name__)
 
 
 class Transport(redis_transport.Transport):
-    """``broker_transport = "workers.fastpath.transport:Transport"`` for a ``redis://`` broker."""
+    """kombu's Redis transport with :class:`Channel`: ``broker_transport = Transport``."""
 
     Channel = Channel

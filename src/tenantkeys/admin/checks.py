@@ -27,9 +27,9 @@ from tenantkeys.errors import (
     ErrorCode,
     IntegrityError,
     KmsConfigError,
-    KmsPermissionError,
     TenantKeysError,
     TransientKmsError,
+    as_error,
 )
 from tenantkeys.keys.kms import MeteredProvider
 from tenantkeys.keys.store import KeyStore
@@ -87,26 +87,13 @@ class ValidationReport:
 
 def remedy_for(exc: TenantKeysError) -> str:
     """What an operator does about ``exc``; a permission error's message names the permission."""
-    if isinstance(exc, KmsPermissionError | KmsConfigError):
-        return f"{exc.message} Troubleshooting: {exc.doc}"
-    if isinstance(exc, TransientKmsError):
-        return (
-            "the KMS did not answer: check that it is up and reachable from this host "
-            f"(endpoint, network, DNS, proxy), then validate again (see {exc.doc})"
-        )
-    if isinstance(exc, IntegrityError):
-        return (
-            "the KMS refused a ciphertext it just produced under the same context: check that "
-            f"the configured key id names one key and is not being replaced (see {exc.doc})"
-        )
-    return f"see {exc.doc}"
+    return exc.remedy
 
 
 def _failure(step: str, started: float, exc: BaseException) -> StepResult:
-    error = exc if isinstance(exc, TenantKeysError) else None
-    if error is None:  # an SDK error the provider failed to map: class name only, no details
-        error = TenantKeysError(f"unexpected {type(exc).__name__} from the provider")
-    return StepResult(step, False, _ms(started), str(error.code), error.message, remedy_for(error))
+    # An SDK error the provider failed to map shows its class name only, no details.
+    error = as_error(exc, "from the provider")
+    return StepResult(step, False, _ms(started), str(error.code), error.message, error.remedy)
 
 
 def _run(step: str, fn: Callable[[], T]) -> tuple[StepResult, T | None]:
@@ -288,10 +275,8 @@ class KmsHealthCache:
             provider = self._provider()
             self._name, self._key_id = provider.name, provider.key_id
             report = provider.health()
-        except TenantKeysError as exc:  # the runtime could not be built (store down ...)
-            report = self._down(exc, _ms(started))
-        except Exception as exc:
-            report = self._down(TenantKeysError(f"unexpected {type(exc).__name__}"), _ms(started))
+        except Exception as exc:  # also when the runtime could not be built (store down ...)
+            report = self._down(as_error(exc), _ms(started))
         finally:
             with self._lock:
                 self._pending = None

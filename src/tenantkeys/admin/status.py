@@ -15,7 +15,6 @@ returns a secret: key ids and counts only.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -26,105 +25,18 @@ from typing import Any, TypeVar, cast, get_args
 
 import redis
 
-from tenantkeys import jobs, telemetry
+from tenantkeys import telemetry
 from tenantkeys.config import Settings
 from tenantkeys.errors import CacheUnavailable, TenantKeysError
 from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.cache import CacheStats
 from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.keys.runtime import Runtime, build_runtime
-from tenantkeys.queue.config import celery_config
+from tenantkeys.queue.broker import BrokerProbe
 from tenantkeys.resilience import Resilience
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-#: Broker URL schemes read with Redis LLEN; the AMQP ones with a passive queue_declare.
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-_AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
-#: Broker reads must answer well inside a Prometheus scrape timeout (10 s by default).
-BROKER_TIMEOUT_SECONDS = 2.0
-
-
-class BrokerProbe:
-    """Reads the broker (Redis or RabbitMQ): is it up, and how many messages wait per queue."""
-
-    def __init__(self, broker_url: str, transport_options: Mapping[str, Any]) -> None:
-        self.broker_url = broker_url
-        self._options = dict(transport_options)
-        self._redis: redis.Redis | None = None
-        if broker_url.startswith(_REDIS_SCHEMES):
-            self._redis = redis.Redis.from_url(
-                broker_url,
-                socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
-                socket_timeout=BROKER_TIMEOUT_SECONDS,
-            )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BrokerProbe:
-        config = celery_config(settings)
-        return cls(config["broker_url"], config["broker_transport_options"])
-
-    def ping(self) -> None:
-        """Raise unless the broker accepts a connection now."""
-        if self._redis is not None:
-            self._redis.ping()
-            return
-        with self._amqp() as conn:
-            conn.ensure_connection(max_retries=1)
-
-    def _amqp(self) -> Any:
-        from kombu.connection import Connection
-
-        return Connection(self.broker_url, connect_timeout=BROKER_TIMEOUT_SECONDS)  # type: ignore[no-untyped-call]
-
-    def queue_depths(self) -> dict[str, int]:
-        """Depth of every queue of :data:`tenantkeys.jobs.QUEUES`; raises if the broker is down."""
-        if self._redis is not None:
-            return self._read_redis(self._redis)
-        if self.broker_url.startswith(_AMQP_SCHEMES):
-            return self._read_amqp()
-        raise TenantKeysError(f"queue depth is not supported for broker {self.scheme!r}")
-
-    @property
-    def scheme(self) -> str:
-        return self.broker_url.partition("://")[0]
-
-    def _read_redis(self, client: redis.Redis) -> dict[str, int]:
-        # kombu keeps one list per priority step: "{prefix}{queue}" and "{queue}\x06\x16{n}".
-        from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-        prefix = str(self._options.get("global_keyprefix", ""))
-        steps = list(self._options.get("priority_steps", PRIORITY_STEPS))
-        pipe = client.pipeline(transaction=False)
-        for queue in jobs.QUEUES:
-            for step in steps:
-                suffix = f"{Channel.sep}{step}" if step else ""
-                pipe.llen(f"{prefix}{queue}{suffix}")
-        sizes = [int(size) for size in pipe.execute()]
-        return {
-            queue: sum(sizes[i * len(steps) : (i + 1) * len(steps)])
-            for i, queue in enumerate(jobs.QUEUES)
-        }
-
-    def _read_amqp(self) -> dict[str, int]:
-        depths: dict[str, int] = {}
-        with self._amqp() as conn:
-            for queue in jobs.QUEUES:
-                channel = conn.channel()
-                try:
-                    depths[queue] = int(channel.queue_declare(queue=queue, passive=True)[1])
-                except conn.channel_errors as exc:
-                    if getattr(exc, "code", None) != 404:
-                        raise
-                    depths[queue] = 0  # never declared: no worker started yet, nothing waits
-                finally:
-                    with contextlib.suppress(Exception):  # already closed by a 404
-                        channel.close()
-        return depths
-
-    def close(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
 
 
 @dataclass

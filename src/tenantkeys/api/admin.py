@@ -35,6 +35,7 @@ from tenantkeys.api.models import (
     ValidationResult,
 )
 from tenantkeys.errors import ErrorCode, InvalidRequest, KeyNotFound
+from tenantkeys.jobs.replay import Selection, replay
 from tenantkeys.keys.model import validate_tenant_id
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -121,15 +122,13 @@ def replay_dead_letters(request: Request, body: ReplayRequest) -> ReplayResult:
     200 even when some entries failed to publish: they stay in the store, listed in ``failed``.
     """
     api = services(request)
-    store = api.deadletters()
-    store.recover_stale()
     if isinstance(body, ReplayOne):
-        store.get(_entry_id(body.id))  # TK-DEAD-LETTER-NOT-FOUND (404) for a wrong id
-        ids = [body.id]
+        selection = Selection(entry_id=_entry_id(body.id))
+    elif isinstance(body, ReplayTenant):
+        selection = Selection(tenant_id=validate_tenant_id(body.tenant_id))
     else:
-        tenant = validate_tenant_id(body.tenant_id) if isinstance(body, ReplayTenant) else None
-        ids = [e.id for e in store.entries(tenant_id=tenant) if e.replayable]
-    report = store.replay(ids, api.publish)
+        selection = Selection(everything=True)
+    report = replay(api.deadletters(), selection, api.sender())
     return ReplayResult(
         replayed=report.replayed,
         failed=[ReplayFailure(id=entry, reason=reason) for entry, reason in report.failed],

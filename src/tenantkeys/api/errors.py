@@ -1,10 +1,10 @@
 """One JSON error shape for every failure: ``{"error": {"code": "TK-...", "message": ...}}``.
 
-:func:`http_status` maps the error tree onto HTTP: bad input 400 (404 for an unknown tenant or
-dead letter, 409 for a revoked key, 413 for a large payload), transient and configuration
-problems 503 (the service cannot serve now; the caller did nothing wrong), anything else 500.
-Unhandled exceptions become ``TK-INTERNAL`` with no traceback and no exception text, which may
-hold a connection string or a key id.
+Each error's HTTP status is its own ``http_status``, from the table in
+:mod:`tenantkeys.errors`: bad input 400 (404, 409, 413 for some codes), transient and
+configuration problems 503 (the service cannot serve now; the caller did nothing wrong), a job
+timeout 504, anything else 500. Unhandled exceptions become ``TK-INTERNAL`` with no traceback
+and no exception text, which may hold a connection string or a key id.
 """
 
 from __future__ import annotations
@@ -18,31 +18,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tenantkeys.errors import (
-    ConfigurationError,
-    ErrorCode,
-    InvalidRequest,
-    JobTimeout,
-    TenantKeysError,
-    TransientError,
-    doc_link,
-)
+from tenantkeys.errors import ErrorCode, TenantKeysError, doc_link
 
 log = logging.getLogger(__name__)
 
-#: Codes of the API's own refusals. Not in :class:`ErrorCode` yet (the lead owns it).
+#: Codes of the API's own refusals (authentication, authorization).
 AUTH_REQUIRED: Final = ErrorCode.AUTH_REQUIRED.value
 AUTH_FORBIDDEN: Final = ErrorCode.AUTH_FORBIDDEN.value
 #: A 503 says when to try again; 5 s matches the KMS health cache.
 RETRY_AFTER_SECONDS: Final = "5"
-
-_BY_CODE: Mapping[str, int] = {
-    ErrorCode.KEY_NOT_FOUND: 404,
-    ErrorCode.UNKNOWN_KID: 404,
-    ErrorCode.DEAD_LETTER_NOT_FOUND: 404,
-    ErrorCode.KEY_REVOKED: 409,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-}
 
 
 class ApiError(Exception):
@@ -60,15 +44,7 @@ class ApiError(Exception):
 
 def http_status(exc: TenantKeysError) -> int:
     """The HTTP status of ``exc``: what the caller should do, as HTTP says it."""
-    if exc.code in _BY_CODE:
-        return _BY_CODE[exc.code]
-    if isinstance(exc, JobTimeout):
-        return 504
-    if isinstance(exc, InvalidRequest):
-        return 400
-    if isinstance(exc, TransientError | ConfigurationError):
-        return 503
-    return 500
+    return exc.http_status
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -88,7 +64,7 @@ def error_response(
 
 async def _tenantkeys_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TenantKeysError)
-    status = http_status(exc)
+    status = exc.http_status
     if status >= 500:
         log.warning("request failed: %s", exc.one_line())
     return error_response(status, str(exc.code), exc.message)

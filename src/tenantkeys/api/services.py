@@ -13,18 +13,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantkeys import __version__, telemetry
 from tenantkeys.admin.checks import KmsHealthCache, validate_configured
-from tenantkeys.admin.status import BrokerProbe, StatusSources, make_state_probe
+from tenantkeys.admin.status import StatusSources, make_state_probe
 from tenantkeys.api.auth import TokenTable
 from tenantkeys.config import Settings
-from tenantkeys.errors import ConfigurationError, InvalidRequest, TenantKeysError
-from tenantkeys.jobs.deadletters import DeadLetterStore, SealedJob
+from tenantkeys.errors import ConfigurationError
+from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
+from tenantkeys.queue.broker import BrokerProbe
 from tenantkeys.resilience import Resilience
+
+if TYPE_CHECKING:
+    from tenantkeys.client import SigningClient
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class ApiServices:
         self._runtime: Runtime | None = None
         self._sources: StatusSources | None = None
         self._store: KeyStore | None = None
-        self._client: Any = None
+        self._client: SigningClient | None = None
         self.kms_health = KmsHealthCache(
             lambda: self.runtime().service.providers.current,
             ttl=settings.kms_health_cache_seconds,
@@ -112,22 +116,14 @@ class ApiServices:
         """Validate the configured provider (bypassing the breaker)."""
         return validate_configured(self.runtime().service.providers.current).to_dict()
 
-    def publish(self, job: SealedJob) -> None:
-        """Re-enqueue a dead letter under its original job id (the replay publish function)."""
-        if not job.entry.replayable:
-            raise InvalidRequest("this message could not be decoded or named no known task")
+    def sender(self) -> SigningClient:
+        """The producer dead-letter replays publish through (built on first use)."""
         with self._lock:
             if self._client is None:
                 from tenantkeys.client import SigningClient
 
                 self._client = SigningClient.from_settings(self.settings)
-            client = self._client
-        try:
-            client.send(job.entry.task, job.kwargs, job_id=job.entry.job_id)
-        except TenantKeysError:
-            raise
-        except Exception as exc:  # the replay report shows this: class name, never a URL
-            raise TenantKeysError(f"publishing failed ({type(exc).__name__})") from exc
+            return self._client
 
     def render_metrics(self) -> bytes:
         probe: telemetry.StateProbe | None = None

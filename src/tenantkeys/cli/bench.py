@@ -1,4 +1,4 @@
-"""``tenantkeys bench``: the benchmark suite of issue 7 (the harness lives in ``bench/``).
+"""``tenantkeys bench``: the benchmark suite (the harness lives in ``bench/``).
 
 The harness is not part of the installed package (it needs the loopback KMS servers of the
 test suite), so it is imported from the checkout: the current directory or the one this
@@ -69,7 +69,7 @@ def bench_command(
     redis_url: str | None,
     no_charts: bool,
 ) -> None:
-    """Signatures per second, latency, KMS calls and cost, against the baselines of issue 7."""
+    """Signatures per second, latency, KMS calls and cost, against the baselines."""
     suite = _harness("suite")
     harness = _harness("harness")
     wanted = [part for value in scenarios for part in value.split(",")]

@@ -9,7 +9,8 @@ import click
 
 from tenantkeys.cli.context import emit, settings
 from tenantkeys.errors import ErrorCode, InvalidRequest
-from tenantkeys.jobs.deadletters import DeadLetterStore, SealedJob
+from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.jobs.replay import Selection, replay
 from tenantkeys.keys.runtime import redis_client
 
 
@@ -62,28 +63,11 @@ def show_command(entry_id: str) -> None:
 @click.option("--tenant", "tenant_id", help="Replay the entries of one tenant.")
 def replay_command(entry_id: str | None, replay_all: bool, tenant_id: str | None) -> None:
     """Re-enqueue entries under their original job ids; each leaves the store once sent."""
-    if [entry_id is not None, replay_all, tenant_id is not None].count(True) != 1:
-        raise InvalidRequest("give exactly one of ID, --all or --tenant T")
-    store = _store()
-    store.recover_stale()
-    if entry_id is not None:
-        ids = [entry_id]
-        store.get(entry_id)  # a clear TK-DEAD-LETTER-NOT-FOUND for a wrong id
-    else:
-        ids = [e.id for e in store.entries(tenant_id=tenant_id) if e.replayable]
+    selection = Selection(entry_id=entry_id, everything=replay_all, tenant_id=tenant_id)
     from tenantkeys.client import SigningClient
 
     with SigningClient.from_settings(settings()) as client:
-
-        def publish(job: SealedJob) -> None:
-            if not job.entry.replayable:
-                raise InvalidRequest(
-                    "this message could not be decoded or named no known task; purge it"
-                )
-            client.forget(job.entry.job_id)  # the dead-letter result must not answer waiters
-            client.send(job.entry.task, job.kwargs, job_id=job.entry.job_id)
-
-        report = store.replay(ids, publish)
+        report = replay(_store(), selection, client)
     emit({"replayed": report.replayed, "failed": [list(f) for f in report.failed]})
     if report.failed:
         sys.exit(1)

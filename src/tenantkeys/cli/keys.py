@@ -7,7 +7,9 @@ import sys
 import click
 
 from tenantkeys.cli.context import emit, runtime, settings, version_info
+from tenantkeys.config import masked_value
 from tenantkeys.errors import ConfigurationError, ErrorCode
+from tenantkeys.keys.kms import check_providers
 from tenantkeys.keys.model import KeyVersion, Purpose, parse_purpose
 from tenantkeys.providers import SUPPORTED
 
@@ -27,13 +29,20 @@ def config_group() -> None:
 def config_check() -> None:
     """Validate settings and the provider; print the effective config (secrets masked)."""
     loaded = settings()
+    # The configured providers' own view of their settings: every variable, defaults included.
+    providers = {
+        variable: masked_value(value)
+        for checked in check_providers(loaded).values()
+        for variable, value in checked.by_variable().items()
+    }
+    shown = {k: v for k, v in loaded.masked().items() if k not in providers} | providers
     provider = runtime().service.providers.current
     emit(
         {
             "ok": True,
             "provider": provider.name,
             "provider_key_id": provider.key_id,
-            "settings": loaded.masked(),
+            "settings": shown,
         }
     )
 

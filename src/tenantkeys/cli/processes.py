@@ -23,7 +23,6 @@ from tenantkeys.cli.context import settings
 from tenantkeys.cli.stack import LocalStack
 from tenantkeys.config import ENV_PREFIX, Settings, environment_with, load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
-from tenantkeys.queue.config import celery_config
 
 DEMO_TENANTS = ("acme", "globex", "initech")
 #: Addresses Flower may bind without basic auth: reachable from this machine only.
@@ -32,11 +31,19 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 EXIT_NOT_READY = 1
 
 
-def _app() -> Any:
-    settings()  # validate first: a bad setting is one coded line, not a Celery traceback
-    from workers.app import app
+#: The Celery app of the workers, Beat and Flower, loaded by Celery's own entry point.
+WORKER_APP = "workers.app"
 
-    return app
+
+def _exec_celery(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Replace this process by Celery's own command line (``celery -A workers.app ...``).
+
+    Settings are validated first, so a bad setting is one coded line, not a Celery traceback.
+    The exec keeps the PID, so signals from a supervisor reach Celery itself.
+    """
+    settings()
+    command = [sys.executable, "-m", "celery", "-A", WORKER_APP, *argv]
+    os.execve(sys.executable, command, env if env is not None else dict(os.environ))  # noqa: S606
 
 
 @click.command("worker")
@@ -61,7 +68,7 @@ def worker_command(
         argv.append(f"--concurrency={concurrency}")
     if hostname:
         argv.append(f"--hostname={hostname}")
-    _app().worker_main(argv)
+    _exec_celery(argv)
 
 
 def _ensure_multiproc_dir(config: Settings) -> None:
@@ -121,43 +128,20 @@ def worker_ready_command(hostname: str | None, timeout: float) -> None:
     Exits 1 when the worker does not answer in time, 2 (with a coded line) when the broker
     cannot be reached. Lightweight: loads no tasks and touches no key.
     """
-    node = _ping_worker(settings(), hostname, timeout)
+    from tenantkeys.queue.broker import ping_worker
+
+    node = ping_worker(settings(), hostname, timeout)
     if node is None:
         click.echo(f"not ready: no answer within {timeout:g} s", err=True)
         sys.exit(EXIT_NOT_READY)
     click.echo(f"ready: {node}")
 
 
-def _ping_worker(config: Settings, hostname: str | None, timeout: float) -> str | None:
-    """The node name if the worker answered a Celery ping within ``timeout`` seconds."""
-    from celery import Celery
-    from celery.utils.nodenames import default_nodename, host_format
-    from kombu.exceptions import OperationalError
-
-    node = host_format(default_nodename(hostname))
-    app = Celery("tenantkeys-probe", set_as_current=False)
-    app.conf.update(celery_config(config))
-    app.conf.broker_connection_timeout = timeout
-    try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=0, timeout=timeout)
-            replies = app.control.ping(destination=[node], timeout=timeout, connection=conn)
-    except (OperationalError, OSError) as exc:
-        raise TenantKeysError(
-            f"the broker cannot be reached ({type(exc).__name__})",
-            code=ErrorCode.BROKER_UNAVAILABLE,
-        ) from exc
-    finally:
-        app.close()
-    answered = any(node in reply for reply in replies or [])
-    return node if answered else None
-
-
 @click.command("beat")
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat_command(loglevel: str) -> None:
     """Run Celery Beat (the rotation sweep schedule); two by mistake are harmless."""
-    _app().start(["beat", f"--loglevel={loglevel}"])
+    _exec_celery(["beat", f"--loglevel={loglevel}"])
 
 
 @click.command("flower")
@@ -180,14 +164,11 @@ def flower_command(port: int, address: str) -> None:
             "user:password, or bind it to 127.0.0.1",
             code=ErrorCode.CONFIG_MISSING_SETTING,
         )
-    app = _app()
+    env = dict(os.environ)
     if credentials is not None:
-        # Set on Flower's options, never on its command line, where `ps` would show it.
-        import flower.options  # noqa: F401 - defines the basic_auth option
-        from tornado.options import options
-
-        options.basic_auth = credentials.get_secret_value().split(",")
-    app.start(["flower", f"--port={port}", f"--address={address}"])
+        # Flower reads FLOWER_* variables; never on its command line, where `ps` would show it.
+        env["FLOWER_BASIC_AUTH"] = credentials.get_secret_value()
+    _exec_celery(["flower", f"--port={port}", f"--address={address}"], env)
 
 
 @click.command("api")

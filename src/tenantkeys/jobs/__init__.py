@@ -1,6 +1,6 @@
-"""Jobs: the contract every producer and worker shares (:mod:`.contract`), the runner that
-decides what happens to a job (:mod:`.runner`), and the dead-letter store with its one replay
-(:mod:`.deadletters`).
+"""Jobs: the contract every producer and worker shares (:mod:`.contract`, :mod:`.messages`),
+the runner that decides what happens to a job (:mod:`.runner`), and the dead-letter store with
+its one replay (:mod:`.deadletters`).
 
 This face re-exports the contract only: importing it (as the producer client does) pulls in no
 database, cache or KMS code.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from tenantkeys.jobs.contract import (
     CREATE_KEYS,
-    ENQUEUED_AT_HEADER,
     EXCHANGE,
     KEYS_QUEUE,
     MAINTENANCE_QUEUE,
@@ -23,6 +22,10 @@ from tenantkeys.jobs.contract import (
     SIGN,
     SIGN_BATCH,
     SIGN_QUEUE,
+    parse_arguments,
+)
+from tenantkeys.jobs.messages import (
+    ENQUEUED_AT_HEADER,
     argsrepr,
     decode_payload,
     describe_payload,
@@ -59,6 +62,7 @@ __all__ = [
     "error_from",
     "failed",
     "ok",
+    "parse_arguments",
     "redact",
     "tenant_of",
     "unwrap",

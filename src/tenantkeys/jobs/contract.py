@@ -1,23 +1,24 @@
-"""The job contract shared by producers (:mod:`tenantkeys.client`) and the workers.
+"""The job contract: task names, queues, and the typed arguments and results of every job.
 
-Task names, queues, how payloads travel (base64 in JSON), how arguments are redacted for events
-and dead letters (SHA-256 and size, never the payload), and the result envelope
-``{"ok": true, "result": ...}`` / ``{"ok": false, "error": {...}}``. No Celery import: this is
-what a producer in any language must know; :mod:`tenantkeys.queue` maps it onto Celery.
+This is what a producer in any language must know; :mod:`tenantkeys.queue` maps it onto
+Celery and :mod:`tenantkeys.jobs.messages` says how payloads and results are encoded. The
+argument and result shapes below are the single definition: the client builds jobs from them,
+the runner validates incoming arguments against them (:func:`parse_arguments`), mypy checks
+both sides, and :func:`json_schemas` emits them as JSON Schema for the published contract.
+No Celery import, no database: importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
-import math
 from collections.abc import Mapping
-from typing import Any
+from functools import cache
+from typing import Any, Literal, NotRequired
 
-from tenantkeys import errors
-from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
+
+from tenantkeys.errors import ErrorCode, InvalidRequest
+from tenantkeys.signing import Signature
 
 SIGN = "tenantkeys.sign"
 SIGN_BATCH = "tenantkeys.sign_batch"
@@ -44,129 +45,165 @@ ROUTES: Mapping[str, str] = {
 }
 #: Most items one sign_batch job may carry; bigger batches belong in several jobs.
 MAX_BATCH_ITEMS = 1_000
-#: Message header with the producer's enqueue time (Unix seconds): signing latency runs from
-#: it to the stored result. Retries carry it on, so the latency includes them.
-ENQUEUED_AT_HEADER = "enqueued_at"
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+# -- arguments (keyword arguments of the task message) -----------------------------------------
 
 
-def enqueued_at(headers: Mapping[str, Any] | None) -> float | None:
-    """The enqueue time stamped by the producer, or ``None`` (older producer, Beat, garbage)."""
-    value = (headers or {}).get(ENQUEUED_AT_HEADER)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
+@with_config(_STRICT)
+class SignArgs(TypedDict):
+    """``tenantkeys.sign``: one payload, base64 (RFC 4648 §4, padded) in ``payload``."""
+
+    tenant_id: str
+    payload: str
+    canonical_json: NotRequired[bool]
+
+
+@with_config(_STRICT)
+class SignBatchArgs(TypedDict):
+    """``tenantkeys.sign_batch``: 1 to :data:`MAX_BATCH_ITEMS` items, each as a sign job's."""
+
+    items: list[SignArgs]
+
+
+@with_config(_STRICT)
+class CreateKeysArgs(TypedDict):
+    """``tenantkeys.create_keys``: the purposes the tenant lacks (default: all)."""
+
+    tenant_id: str
+    purposes: NotRequired[list[str] | None]
+
+
+@with_config(_STRICT)
+class RotateKeyArgs(TypedDict):
+    """``tenantkeys.rotate_key``: only if ``expected_version`` is still active, when given."""
+
+    tenant_id: str
+    purpose: str
+    expected_version: NotRequired[int | None]
+
+
+@with_config(_STRICT)
+class RevokeKeyArgs(TypedDict):
+    """``tenantkeys.revoke_key``: the version with this kid (an active one is replaced)."""
+
+    tenant_id: str
+    kid: str
+
+
+@with_config(_STRICT)
+class RotationSweepArgs(TypedDict):
+    """``tenantkeys.rotation_sweep`` (Beat's): no arguments."""
+
+
+# -- results (the ``result`` of an ``ok`` envelope) --------------------------------------------
+
+
+class ErrorDetail(TypedDict):
+    """The ``error`` of a failed job or item: a stable code, never a payload."""
+
+    code: str
+    error: str
+    message: str
+    provider: str | None
+    provider_code: str | None
+    retryable: bool
+    doc: str
+    dead_letter: NotRequired[str]
+
+
+class ItemResult(TypedDict):
+    """One item of a sign_batch result: ``ok`` with a signature, or its error."""
+
+    ok: bool
+    result: NotRequired[Signature]
+    error: NotRequired[ErrorDetail]
+
+
+class SignBatchResult(TypedDict):
+    results: list[ItemResult]
+
+
+class KeyInfo(TypedDict):
+    """The public facts of a key version (never a wrapped or plaintext secret)."""
+
+    tenant_id: str
+    purpose: Literal["signing", "encryption"]
+    version: int
+    kid: str
+    algorithm: str
+    status: Literal["active", "retired", "revoked"]
+    provider: str
+    provider_key_id: str
+    created_at: str
+    rotate_after: str
+    retired_at: str | None
+    revoked_at: str | None
+
+
+class CreateKeysResult(TypedDict):
+    keys: list[KeyInfo]
+
+
+class RotateKeyResult(TypedDict):
+    tenant_id: str
+    purpose: str
+    rotated: bool
+    old_version: int | None
+    new_version: int | None
+    reason: str
+
+
+class RotationSweepResult(TypedDict):
+    skipped: bool
+    enqueued: int
+    pages: int
+    dead_letters_recovered: int
+
+
+#: task name -> (argument shape, result shape): the whole contract in one table.
+JOBS: Mapping[str, tuple[type[Any], type[Any]]] = {
+    SIGN: (SignArgs, Signature),
+    SIGN_BATCH: (SignBatchArgs, SignBatchResult),
+    CREATE_KEYS: (CreateKeysArgs, CreateKeysResult),
+    ROTATE_KEY: (RotateKeyArgs, RotateKeyResult),
+    REVOKE_KEY: (RevokeKeyArgs, KeyInfo),
+    ROTATION_SWEEP: (RotationSweepArgs, RotationSweepResult),
+}
+
+
+@cache
+def _arguments_of(task: str) -> TypeAdapter[Any]:
+    return TypeAdapter(JOBS[task][0])
+
+
+def parse_arguments(task: str, kwargs: object) -> Any:
+    """``kwargs`` checked against the arguments of ``task``; ``TK-INVALID-ARGUMENT`` if not.
+
+    The message names the fields at fault and what was wrong, never their values (a value
+    may be a payload).
+    """
+    if task not in JOBS:
+        raise InvalidRequest(f"no job named {task[:80]!r}")
     try:
-        stamped = float(value)
-    except ValueError:
-        return None
-    return stamped if math.isfinite(stamped) else None
-
-
-# -- payload codec and redaction ---------------------------------------------------------
-
-
-def encode_payload(payload: bytes) -> str:
-    """A payload as it travels in a JSON message."""
-    return base64.b64encode(bytes(payload)).decode("ascii")
-
-
-def decode_payload(value: object) -> bytes:
-    """Reverse :func:`encode_payload`; ``TK-INVALID-ENCODING`` on anything else."""
-    if not isinstance(value, str):
-        raise InvalidRequest("payload must be a base64 string", code=ErrorCode.INVALID_ENCODING)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
+        return _arguments_of(task).validate_python(kwargs)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)[:5]
+        ]
         raise InvalidRequest(
-            "payload is not valid base64", code=ErrorCode.INVALID_ENCODING
+            "bad job arguments: " + "; ".join(problems), code=ErrorCode.INVALID_ARGUMENT
         ) from None
 
 
-def describe_payload(value: object) -> dict[str, Any]:
-    """SHA-256 and size of an encoded payload: what events and dead letters show instead."""
-    try:
-        data = decode_payload(value)
-    except InvalidRequest:
-        return {"payload": "<invalid base64>"}
-    return {"payload_sha256": hashlib.sha256(data).hexdigest(), "payload_size": len(data)}
-
-
-def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Job arguments with every payload replaced by its hash and size."""
-    shown: dict[str, Any] = {}
-    for name, value in kwargs.items():
-        if name == "payload":
-            shown.update(describe_payload(value))
-        elif name == "items" and isinstance(value, list):
-            shown["items"] = [redact(i) if isinstance(i, Mapping) else "?" for i in value[:20]]
-            shown["item_count"] = len(value)
-        else:
-            shown[name] = value if _is_small_scalar(value) else type(value).__name__
-    return shown
-
-
-def _is_small_scalar(value: object) -> bool:
-    if isinstance(value, str):
-        return len(value) <= 128
-    if isinstance(value, list):
-        return len(value) <= 8 and all(isinstance(v, str) and len(v) <= 32 for v in value)
-    return value is None or isinstance(value, bool | int | float)
-
-
-def argsrepr(args: Any, kwargs: Mapping[str, Any] | None) -> tuple[str, str]:
-    """``(argsrepr, kwargsrepr)`` for Celery: what Flower and task events display."""
-    positional = "(...)" if args else "()"
-    return positional, json.dumps(redact(kwargs or {}), sort_keys=True)
-
-
-def tenant_of(kwargs: Mapping[str, Any]) -> str | None:
-    value = kwargs.get("tenant_id")
-    if isinstance(value, str):
-        return value[:64]
-    items = kwargs.get("items")
-    if isinstance(items, list) and items and isinstance(items[0], Mapping):
-        first = items[0].get("tenant_id")
-        return first[:64] if isinstance(first, str) else None
-    return None
-
-
-# -- result envelope ---------------------------------------------------------------------
-
-
-def ok(result: Any) -> dict[str, Any]:
-    return {"ok": True, "result": result}
-
-
-def failed(error: TenantKeysError, **extra: Any) -> dict[str, Any]:
-    """The envelope of a job that ended with ``error`` (never holds a payload)."""
-    return {"ok": False, "error": {**error.to_dict(), **extra}}
-
-
-def error_from(detail: Mapping[str, Any]) -> TenantKeysError:
-    """Rebuild the error a worker reported, as the most specific tenantkeys class."""
-    cls: type[TenantKeysError] = TenantKeysError
-    found = getattr(errors, str(detail.get("error", "")), None)
-    if isinstance(found, type) and issubclass(found, TenantKeysError):
-        cls = found
-    try:
-        code: ErrorCode | None = ErrorCode(str(detail.get("code")))
-    except ValueError:
-        code = None
-    message = str(detail.get("message", "the job failed"))
-    if detail.get("dead_letter"):
-        message += f" (dead-lettered as {detail['dead_letter']}; see tenantkeys dlq show)"
-    provider, provider_code = detail.get("provider"), detail.get("provider_code")
-    return cls(
-        message,
-        code=code,
-        provider=str(provider) if provider else None,
-        provider_code=str(provider_code) if provider_code else None,
-    )
-
-
-def unwrap(envelope: object) -> Any:
-    """The result of an ``ok`` envelope; raise the reported error otherwise."""
-    if not isinstance(envelope, Mapping) or "ok" not in envelope:
-        raise TenantKeysError(f"unexpected job result of type {type(envelope).__name__}")
-    if envelope["ok"]:
-        return envelope.get("result")
-    raise error_from(envelope.get("error") or {})
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every job's arguments and result, by task name (for docs/contract/)."""
+    return {
+        task: {
+            "arguments": TypeAdapter(args).json_schema(),
+            "result": TypeAdapter(result).json_schema(),
+        }
+        for task, (args, result) in JOBS.items()
+    }

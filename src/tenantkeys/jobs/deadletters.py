@@ -1,14 +1,13 @@
-"""The dead-letter store: jobs that failed for good, kept in Redis for review and replay.
+"""The dead-letter store and its one writer: jobs that failed for good, kept for review and replay.
 
 Layout, under ``{redis_prefix}:dlq:``: ``entry:{id}`` (a hash per entry), ``index`` (sorted
 set of live entry ids by first failure time), ``replaying`` (entries claimed by a replay, by
 claim time) and ``first:{job_id}`` (when a job first failed, kept across its retries).
 
 Entries show redacted arguments only (payload SHA-256 and size). The original arguments are
-kept *sealed* with AES-256-GCM under a dead-letter key of our own (a 0600 file), with the entry
-id as associated data, so a sealed blob cannot be swapped between entries. It is not a KMS key
-on purpose: jobs land here precisely when the KMS is out, and replaying them after the outage
-must not depend on the KMS having come back in the same state.
+kept *sealed* under a dead-letter key of our own (:mod:`tenantkeys.jobs.sealing`), so replay
+after a KMS outage needs no KMS. :class:`DeadLetterWriter` is the one place a failed job becomes
+an entry plus its failed result; :mod:`tenantkeys.jobs.replay` is the one replay.
 
 Replay is atomic per entry: the id moves from ``index`` to ``replaying`` in one step, the job is
 published, then the entry is deleted. A replayer that dies in between leaves the entry in
@@ -18,28 +17,34 @@ without having been re-enqueued (at worst it is enqueued twice; job ids make tha
 
 from __future__ import annotations
 
-import base64
 import json
-import os
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import redis
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tenantkeys.config import Settings
-from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
-from tenantkeys.providers.local import load_or_create_key_file
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.jobs import messages
+from tenantkeys.jobs.sealing import ArgumentSealer, load_or_create_key
 
-_KEY_BYTES = 32
-_NONCE_BYTES = 12
+__all__ = [
+    "ArgumentSealer",
+    "Attempt",
+    "DeadLetter",
+    "DeadLetterStore",
+    "DeadLetterWriter",
+    "ReplayReport",
+    "SealedJob",
+    "load_or_create_key",
+]
 #: How long the first-failure mark of a retrying job lives (longer than any retry sequence).
 _FIRST_FAILURE_TTL = 7 * 86_400
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,41 +82,24 @@ class SealedJob:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """Where and how often a job ran: what a dead letter records besides the job itself."""
+
+    job_id: str
+    retries: int = 0
+    queue: str | None = None
+    worker: str = "unknown"
+
+    @property
+    def attempts(self) -> int:
+        return self.retries + 1
+
+
 @dataclass
 class ReplayReport:
     replayed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-class ArgumentSealer:
-    """AES-256-GCM under the dead-letter key; associated data = the entry id."""
-
-    def __init__(self, key: bytes) -> None:
-        if len(key) != _KEY_BYTES:
-            raise ValueError("the dead-letter key must be 32 bytes")
-        self._aead = AESGCM(key)
-
-    @classmethod
-    def from_file(cls, path: Path) -> ArgumentSealer:
-        return cls(load_or_create_key(path))
-
-    def seal(self, entry_id: str, data: Mapping[str, Any]) -> str:
-        nonce = os.urandom(_NONCE_BYTES)
-        body = self._aead.encrypt(nonce, json.dumps(data).encode(), entry_id.encode())
-        return base64.b64encode(nonce + body).decode("ascii")
-
-    def open(self, entry_id: str, sealed: str) -> dict[str, Any]:
-        raw = base64.b64decode(sealed)
-        try:
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], entry_id.encode())
-        except InvalidTag:
-            raise ConfigurationError(
-                f"dead letter {entry_id} does not open: another TENANTKEYS_DEAD_LETTER_KEY_FILE "
-                "sealed it, or it was tampered with",
-                code=ErrorCode.CONFIG_INVALID,
-            ) from None
-        opened: dict[str, Any] = json.loads(plain)
-        return opened
 
 
 class DeadLetterStore:
@@ -187,7 +175,7 @@ class DeadLetterStore:
             id=entry_id,
             task=task,
             job_id=job_id,
-            tenant_id=_tenant(kwargs),
+            tenant_id=messages.tenant_of(kwargs),
             arguments=dict(arguments),
             error_class=type(error).__name__,
             code=str(error.code),
@@ -283,7 +271,12 @@ class DeadLetterStore:
                 publish(SealedJob(entry, opened["kwargs"], opened.get("options") or {}))
             except Exception as exc:  # put it back whatever went wrong, then report
                 self._put_back(entry_id, raw)
-                reason = exc.one_line() if isinstance(exc, TenantKeysError) else repr(exc)
+                # Class name only for the unexpected: their text may hold a URL or a key id.
+                reason = (
+                    exc.one_line()
+                    if isinstance(exc, TenantKeysError)
+                    else f"unexpected {type(exc).__name__}"
+                )
                 report.failed.append((entry_id, reason))
                 continue
             pipe = self._client.pipeline(transaction=True)
@@ -346,17 +339,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _tenant(kwargs: Mapping[str, Any]) -> str | None:
-    value = kwargs.get("tenant_id")
-    if isinstance(value, str):
-        return value[:64]
-    items = kwargs.get("items")
-    if isinstance(items, list) and items and isinstance(items[0], Mapping):
-        first = items[0].get("tenant_id")
-        return first[:64] if isinstance(first, str) else None
-    return None
-
-
 def _entry(raw: Mapping[Any, Any]) -> DeadLetter:
     fields = {
         f: json.loads(raw[f.encode()]) for f in DeadLetter.__dataclass_fields__ if f.encode() in raw
@@ -364,12 +346,41 @@ def _entry(raw: Mapping[Any, Any]) -> DeadLetter:
     return DeadLetter(**fields)
 
 
-def load_or_create_key(path: Path) -> bytes:
-    """Read the 32-byte dead-letter key, creating it (mode 0600) on first use."""
-    return load_or_create_key_file(path, "dead-letter key file", _invalid_key)
+class DeadLetterWriter:
+    """Turns a job that failed for good into a dead letter and the job's failed result.
 
+    One per process, over that process's store: the runner (a job that gave up), the worker's
+    lost-batch path and its consumer (messages no task could take) all write through it.
+    Raises :class:`redis.RedisError` when the store is down: the caller keeps the job instead.
+    """
 
-def _invalid_key(problem: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{problem}; see TENANTKEYS_DEAD_LETTER_KEY_FILE", code=ErrorCode.CONFIG_INVALID
-    )
+    def __init__(self, store: DeadLetterStore) -> None:
+        self.store = store
+
+    def write(
+        self,
+        task: str,
+        kwargs: Mapping[str, Any],
+        error: TenantKeysError,
+        attempt: Attempt,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        replayable: bool = True,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Store the entry; return the failed envelope naming it (``extra`` joins the error)."""
+        entry = self.store.add(
+            task=task,
+            job_id=attempt.job_id,
+            kwargs=dict(kwargs),
+            arguments=messages.redact(kwargs) if arguments is None else arguments,
+            error=error,
+            attempts=attempt.attempts,
+            worker=attempt.worker,
+            queue=attempt.queue,
+            replayable=replayable,
+        )
+        log.warning(
+            "job %s[%s] dead-lettered as %s: %s", task, attempt.job_id, entry.id, error.code
+        )
+        return messages.failed(error, dead_letter=entry.id, **extra)

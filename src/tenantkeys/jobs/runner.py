@@ -1,37 +1,32 @@
 """JobRunner: runs one job against the KeyService and decides what happens next.
 
-The Celery tasks are thin: they hand the job's name, arguments, id and retry count to
-:meth:`JobRunner.run` and carry out the :class:`Outcome` -- store the result envelope, or run
-the job again after ``retry_in`` seconds. Bad input becomes an error result; transient errors
-retry with backoff until the policy gives up; everything else (and a retry budget spent) is
-written to the dead-letter store, and the result says where.
+Each task calls its own method (:meth:`JobRunner.sign`, :meth:`~JobRunner.sign_batch`, ...).
+Every method runs inside the one error boundary, :meth:`JobRunner._attempt`, which checks the
+arguments against the job contract and turns whatever goes wrong into an :class:`Outcome`:
+bad input becomes an error result; transient errors retry with backoff until the policy gives
+up; everything else (and a spent retry budget) goes through the one
+:class:`~tenantkeys.jobs.deadletters.DeadLetterWriter`, and the result says where.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, cast, get_args
 
 import redis
 
-from tenantkeys import jobs, telemetry
-from tenantkeys.errors import (
-    CacheUnavailable,
-    ErrorCode,
-    InvalidRequest,
-    TenantKeysError,
-    TransientError,
-)
-from tenantkeys.jobs.deadletters import DeadLetterStore
-from tenantkeys.keys.model import KeyVersion, Purpose
+from tenantkeys import telemetry
+from tenantkeys.errors import CacheUnavailable, InvalidRequest, TenantKeysError, TransientError
+from tenantkeys.jobs import contract, messages
+from tenantkeys.jobs.deadletters import Attempt, DeadLetterStore, DeadLetterWriter
+from tenantkeys.keys.model import Purpose
 from tenantkeys.keys.service import KeyService
-from tenantkeys.resilience import RetryPolicy, as_error, classify
+from tenantkeys.resilience import RetryPolicy, as_error
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Mapping[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -61,14 +56,6 @@ class Outcome:
             telemetry.record_rotation(*self.rotation)
 
 
-@dataclass(frozen=True)
-class _Where:
-    job_id: str
-    retries: int
-    queue: str | None
-    worker: str
-
-
 class _BatchTransient(Exception):
     """Some items of a sign_batch failed transiently; carries the partial results."""
 
@@ -79,7 +66,7 @@ class _BatchTransient(Exception):
 
 
 class JobRunner:
-    """One per worker process, next to its KeyService."""
+    """One per worker process, next to its KeyService and its dead-letter writer."""
 
     def __init__(
         self,
@@ -94,93 +81,83 @@ class JobRunner:
         #: Exceptions meaning "the job ran out of time" (Celery's soft time limit): retried.
         self.out_of_time = out_of_time
         self.deadletters = deadletters
+        self.writer = DeadLetterWriter(deadletters)
         self.policy = policy
         self.worker = worker
-        self._handlers: dict[str, Handler] = {
-            jobs.SIGN: self._sign,
-            jobs.SIGN_BATCH: self._sign_batch,
-            jobs.CREATE_KEYS: self._create_keys,
-            jobs.ROTATE_KEY: self._rotate_key,
-            jobs.REVOKE_KEY: self._revoke_key,
-        }
 
-    def run(
-        self,
-        task: str,
-        kwargs: Mapping[str, Any],
-        *,
-        job_id: str,
-        retries: int = 0,
-        queue: str | None = None,
-        worker: str | None = None,
-        args: Sequence[Any] = (),
-    ) -> Outcome:
-        """Run ``task`` once; never raises (every error becomes an :class:`Outcome`)."""
-        outcome = self._run(
-            task, kwargs, _Where(job_id, retries, queue, worker or self.worker), args
-        )
-        return _labelled(task, kwargs, outcome)
+    # -- one method per task -------------------------------------------------------------
 
-    def _run(
-        self, task: str, kwargs: Mapping[str, Any], where: _Where, args: Sequence[Any]
+    def sign(self, kwargs: object, **where: Any) -> Outcome:
+        """``tenantkeys.sign``: one payload, one signature."""
+        outcome = self._attempt(contract.SIGN, kwargs, where, self._sign)
+        return replace(outcome, signatures=(_signature_label(outcome),))
+
+    def sign_batch(self, kwargs: object, **where: Any) -> Outcome:
+        """``tenantkeys.sign_batch``: one result per item; a bad item fails only itself."""
+        outcome = self._attempt(contract.SIGN_BATCH, kwargs, where, self._sign_batch)
+        return replace(outcome, signatures=_batch_labels(kwargs, outcome))
+
+    def create_keys(self, kwargs: object, **where: Any) -> Outcome:
+        """``tenantkeys.create_keys``: the purposes the tenant lacks."""
+        return self._attempt(contract.CREATE_KEYS, kwargs, where, self._create_keys)
+
+    def rotate_key(self, kwargs: object, **where: Any) -> Outcome:
+        """``tenantkeys.rotate_key``: conditional on ``expected_version`` when given."""
+        outcome = self._attempt(contract.ROTATE_KEY, kwargs, where, self._rotate_key)
+        return replace(outcome, rotation=_rotation_label(kwargs, outcome))
+
+    def revoke_key(self, kwargs: object, **where: Any) -> Outcome:
+        """``tenantkeys.revoke_key``: an active key is replaced at once."""
+        return self._attempt(contract.REVOKE_KEY, kwargs, where, self._revoke_key)
+
+    # -- the error boundary ----------------------------------------------------------------
+
+    def _attempt(
+        self, task: str, kwargs: object, where: Mapping[str, Any], work: Callable[[Any], Any]
     ) -> Outcome:
-        job_id, retries = where.job_id, where.retries
+        """Run ``work`` on the checked arguments; never raises (every error is an Outcome)."""
+        attempt = _attempt_of(where, self.worker)
+        shown = kwargs if isinstance(kwargs, Mapping) else {}
         try:
-            handler = self._handlers.get(task)
-            if handler is None:
-                raise InvalidRequest(f"no job named {task[:80]!r}")
-            if args or not isinstance(kwargs, Mapping):
+            if where.get("args"):
                 raise InvalidRequest("job arguments must be keyword arguments (a JSON object)")
-            result = handler(kwargs)
+            result = work(contract.parse_arguments(task, kwargs))
         except _BatchTransient as partial:
-            return self._failed(task, kwargs, partial.first, where, partial.results)
+            return self._failed(task, shown, partial.first, attempt, partial.results)
         except Exception as exc:  # the boundary: every error is classified below
-            return self._failed(task, kwargs if isinstance(kwargs, Mapping) else {}, exc, where)
-        if retries:
-            self._quietly(lambda: self.deadletters.forget_failures(job_id))
-        return Outcome(jobs.ok(result))
+            return self._failed(task, shown, exc, attempt)
+        if attempt.retries:
+            self._quietly(lambda: self.deadletters.forget_failures(attempt.job_id))
+        return Outcome(messages.ok(result))
 
     def _failed(
         self,
         task: str,
         kwargs: Mapping[str, Any],
         exc: BaseException,
-        where: _Where,
+        attempt: Attempt,
         partial: list[dict[str, Any]] | None = None,
     ) -> Outcome:
-        job_id, retries = where.job_id, where.retries
         if isinstance(exc, self.out_of_time):
             exc = TransientError("the job ran out of time (soft time limit); retried")
         error = as_error(exc)
-        action = classify(error)
+        action = error.action
         if not isinstance(exc, TenantKeysError):
-            log.error("job %s[%s] failed unexpectedly", task, job_id, exc_info=exc)
+            log.error("job %s[%s] failed unexpectedly", task, attempt.job_id, exc_info=exc)
         if action == "reject":
-            return Outcome(jobs.failed(error), error=error)
-        if action == "retry" and retries < self.policy.max_retries:
-            self._quietly(lambda: self.deadletters.note_failure(job_id))
-            return Outcome(None, retry_in=self.policy.delay(retries), error=error)
+            return Outcome(messages.failed(error), error=error)
+        if action == "retry" and attempt.retries < self.policy.max_retries:
+            self._quietly(lambda: self.deadletters.note_failure(attempt.job_id))
+            return Outcome(None, retry_in=self.policy.delay(attempt.retries), error=error)
+        extra: dict[str, Any] = {} if partial is None else {"results": partial}
         try:
-            entry = self.deadletters.add(
-                task=task,
-                job_id=job_id,
-                kwargs=dict(kwargs),
-                arguments=jobs.redact(kwargs),
-                error=error,
-                attempts=retries + 1,
-                worker=where.worker,
-                queue=where.queue,
-            )
+            envelope = self.writer.write(task, kwargs, error, attempt, **extra)
         except redis.RedisError as redis_exc:
             # Never drop a job: without the store, keep it in the broker and try again later.
             log.error("dead-letter store unavailable (%s); job kept for retry", redis_exc)
             down = CacheUnavailable("dead-letter store (Redis) unavailable")
             return Outcome(None, retry_in=self.policy.cap_seconds, error=down)
-        log.warning("job %s[%s] dead-lettered as %s: %s", task, job_id, entry.id, error.code)
-        extra: dict[str, Any] = {"dead_letter": entry.id}
-        if partial is not None:
-            extra["results"] = partial
-        return Outcome(jobs.failed(error, **extra), error=error)
+        return Outcome(envelope, error=error)
 
     @staticmethod
     def _quietly(fn: Callable[[], object]) -> None:
@@ -189,65 +166,51 @@ class JobRunner:
         except redis.RedisError as exc:  # bookkeeping only; the job itself goes on
             log.warning("dead-letter bookkeeping skipped (%s)", type(exc).__name__)
 
-    # -- handlers ------------------------------------------------------------------------
+    # -- the work of each job ----------------------------------------------------------------
 
-    def _sign(self, kwargs: Mapping[str, Any]) -> dict[str, str]:
-        args = _arguments(kwargs, required=("tenant_id", "payload"), optional=("canonical_json",))
-        payload = jobs.decode_payload(args["payload"])
-        signature = self.service.sign(
-            args["tenant_id"], payload, canonical_json=bool(args.get("canonical_json", False))
-        )
-        return signature.to_dict()
+    def _sign(self, args: contract.SignArgs) -> dict[str, str]:
+        payload = messages.decode_payload(args["payload"])
+        canonical = args.get("canonical_json", False)
+        return self.service.sign(args["tenant_id"], payload, canonical_json=canonical).to_dict()
 
-    def _sign_batch(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        args = _arguments(kwargs, required=("items",), optional=())
-        items = args["items"]
-        if not isinstance(items, list) or not 1 <= len(items) <= jobs.MAX_BATCH_ITEMS:
-            raise InvalidRequest(f"items must be a list of 1-{jobs.MAX_BATCH_ITEMS} objects")
+    def _sign_batch(self, args: contract.SignBatchArgs) -> contract.SignBatchResult:
         results: list[dict[str, Any]] = []
         transient: TenantKeysError | None = None
-        for item in items:
+        for item in args["items"]:
             try:
-                results.append(jobs.ok(self._sign(item if isinstance(item, Mapping) else {})))
+                signed = self._sign(contract.parse_arguments(contract.SIGN, item))
+                results.append(messages.ok(signed))
             except Exception as exc:  # one bad item must not fail the others
                 error = as_error(exc)
-                if classify(error) != "reject" and transient is None:
+                if error.action != "reject" and transient is None:
                     transient = error
-                results.append(jobs.failed(error))
+                results.append(messages.failed(error))
         if transient is not None:
             raise _BatchTransient(results, transient)
-        return {"results": results}
+        return cast(contract.SignBatchResult, {"results": results})
 
-    def _create_keys(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        args = _arguments(kwargs, required=("tenant_id",), optional=("purposes",))
+    def _create_keys(self, args: contract.CreateKeysArgs) -> contract.CreateKeysResult:
         purposes = args.get("purposes") or [p.value for p in Purpose]
-        if not isinstance(purposes, list):
-            raise InvalidRequest("purposes must be a list", code=ErrorCode.INVALID_PURPOSE)
         created = self.service.create_keys(args["tenant_id"], purposes)
-        return {"keys": [public_version(v) for v in created]}
+        return {"keys": [cast(contract.KeyInfo, v.public_info()) for v in created]}
 
-    def _rotate_key(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        args = _arguments(kwargs, required=("tenant_id", "purpose"), optional=("expected_version",))
+    def _rotate_key(self, args: contract.RotateKeyArgs) -> contract.RotateKeyResult:
         expected = args.get("expected_version")
-        if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
-            raise InvalidRequest("expected_version must be an integer")
         result = self.service.rotate(args["tenant_id"], args["purpose"], expected_version=expected)
-        return asdict(result)
+        return cast(contract.RotateKeyResult, asdict(result))
 
-    def _revoke_key(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        args = _arguments(kwargs, required=("tenant_id", "kid"), optional=())
-        return public_version(self.service.revoke(args["tenant_id"], args["kid"]))
+    def _revoke_key(self, args: contract.RevokeKeyArgs) -> contract.KeyInfo:
+        revoked = self.service.revoke(args["tenant_id"], args["kid"])
+        return cast(contract.KeyInfo, revoked.public_info())
 
 
-def _labelled(task: str, kwargs: object, outcome: Outcome) -> Outcome:
-    """``outcome`` with the metric labels of what it means for signatures and rotations."""
-    if task == jobs.SIGN:
-        return replace(outcome, signatures=(_signature_label(outcome),))
-    if task == jobs.SIGN_BATCH:
-        return replace(outcome, signatures=_batch_labels(kwargs, outcome))
-    if task == jobs.ROTATE_KEY:
-        return replace(outcome, rotation=_rotation_label(kwargs, outcome))
-    return outcome
+def _attempt_of(where: Mapping[str, Any], default_worker: str) -> Attempt:
+    return Attempt(
+        job_id=str(where.get("job_id") or "unknown"),
+        retries=int(where.get("retries") or 0),
+        queue=where.get("queue"),
+        worker=where.get("worker") or default_worker,
+    )
 
 
 def _signature_label(outcome: Outcome) -> telemetry.SignatureOutcome:
@@ -260,18 +223,18 @@ def _signature_label(outcome: Outcome) -> telemetry.SignatureOutcome:
 
 def _failure_label(error: TenantKeysError | None) -> telemetry.SignatureOutcome:
     # Bad input is the caller's fault ("rejected"); anything else was given up on ("failed").
-    return "rejected" if error is not None and classify(error) == "reject" else "failed"
+    return "failed" if error is None else error.signature_outcome
 
 
 def _item_label(envelope: object) -> telemetry.SignatureOutcome:
     if not isinstance(envelope, Mapping) or not envelope.get("ok"):
         detail = envelope.get("error") if isinstance(envelope, Mapping) else None
-        return _failure_label(jobs.error_from(detail if isinstance(detail, Mapping) else {}))
+        return _failure_label(messages.error_from(detail if isinstance(detail, Mapping) else {}))
     return "ok"
 
 
 def _batch_labels(kwargs: object, outcome: Outcome) -> tuple[telemetry.SignatureOutcome, ...]:
-    """One label per item; a job refused as a whole (bad arguments) counts once."""
+    """One label per item; a job refused as a whole (bad arguments) counts once per item."""
     items = kwargs.get("items") if isinstance(kwargs, Mapping) else None
     count = len(items) if isinstance(items, list) and items else 1
     if outcome.retry_in is not None:
@@ -282,7 +245,7 @@ def _batch_labels(kwargs: object, outcome: Outcome) -> tuple[telemetry.Signature
     entries = payload.get("results") if isinstance(payload, Mapping) else None
     if isinstance(entries, list):
         return tuple(_item_label(entry) for entry in entries)
-    return (_failure_label(outcome.error),) * min(count, jobs.MAX_BATCH_ITEMS)
+    return (_failure_label(outcome.error),) * min(count, contract.MAX_BATCH_ITEMS)
 
 
 def _rotation_label(
@@ -298,20 +261,3 @@ def _rotation_label(
     rotated = bool((result.get("result") or {}).get("rotated"))
     # "skipped": the key was rotated already (a duplicate request lost the conditional update).
     return (label, "ok" if rotated else "skipped")
-
-
-def _arguments(
-    kwargs: Mapping[str, Any], *, required: tuple[str, ...], optional: tuple[str, ...]
-) -> Mapping[str, Any]:
-    missing = [name for name in required if name not in kwargs]
-    unknown = [str(name)[:40] for name in kwargs if name not in required + optional]
-    if missing or unknown:
-        raise InvalidRequest(
-            f"bad job arguments: missing {missing or 'none'}, unknown {unknown or 'none'}"
-        )
-    return kwargs
-
-
-def public_version(version: KeyVersion) -> dict[str, Any]:
-    """The public facts of a key version (never a wrapped or plaintext secret)."""
-    return version.public_info()

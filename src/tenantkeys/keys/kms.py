@@ -1,5 +1,9 @@
 """The providers a KeyService talks to: the configured one, plus any a stored row names.
 
+Here settings meet providers: config keeps each provider's raw ``TENANTKEYS_<NAME>_*`` values,
+:func:`check_providers` validates them with the provider's own model at start-up, and
+:meth:`ProviderSet.from_settings` builds each provider from them on first use.
+
 Every call goes through :class:`MeteredProvider`, which traces, times and counts it by provider,
 operation and outcome (the KMS metrics and the cost estimate), and keeps per-instance counts
 that tests and benchmarks read.
@@ -9,12 +13,23 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from tenantkeys import telemetry
+from tenantkeys.config import KMS_PROVIDERS, Settings
 from tenantkeys.errors import ConfigurationError, ErrorCode
-from tenantkeys.providers import Context, DataKey, KeyDescription, KmsProvider, create_provider
+from tenantkeys.providers import (
+    CommonSettings,
+    Context,
+    DataKey,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+    build_provider,
+    provider_class,
+    provider_settings,
+)
 from tenantkeys.telemetry import KmsOperation
 
 T = TypeVar("T")
@@ -60,8 +75,35 @@ class MeteredProvider(KmsProvider):
             return sum(self.calls.values())
 
 
+def common_settings(settings: Settings) -> CommonSettings:
+    """What every provider takes from the service's own settings."""
+    return CommonSettings(
+        timeout=settings.kms_timeout_seconds, production=settings.environment == "production"
+    )
+
+
+def check_providers(settings: Settings) -> dict[str, ProviderSettings]:
+    """Validate the settings of every configured provider (current, then previous).
+
+    The start-up check config cannot make, since it never imports providers: an incomplete
+    provider (the ``TK-CONFIG-MISSING-SETTING`` error names its variables and setup page), an
+    invalid value, a missing SDK. Every start-up path calls it after :func:`load_settings`;
+    ``build_runtime`` and ``tenantkeys config check`` do. Returns the validated settings.
+    """
+    return {
+        name: provider_settings(name, settings.provider_values(name))
+        for name in settings.configured_providers
+    }
+
+
+def setting_variables() -> frozenset[str]:
+    """Every variable the service reads: config's own and every provider's (imports them all)."""
+    own = [provider_class(name).settings_model.variables() for name in KMS_PROVIDERS]
+    return frozenset(Settings.variables()).union(*own)
+
+
 class ProviderSet:
-    """Builds providers by name on first use, from a factory of options per name.
+    """Builds providers by name on first use.
 
     ``current`` wraps new keys. A stored row may name another provider (during a rewrap, or
     after a migration): it is built from its own settings, never replaced by another one.
@@ -70,20 +112,32 @@ class ProviderSet:
     def __init__(
         self,
         current: str,
-        options_for: Callable[[str], Mapping[str, Any]],
+        build: Callable[[str], KmsProvider],
         guard: Callable[[KmsProvider], KmsProvider] | None = None,
     ) -> None:
         self.current_name = current
-        self._options_for = options_for
+        self._build = build
         #: Wraps each raw provider before metering (the circuit breaker, in workers).
         self._guard = guard
         self._providers: dict[str, MeteredProvider] = {}
         self._lock = threading.Lock()
 
     @classmethod
+    def from_settings(
+        cls, settings: Settings, guard: Callable[[KmsProvider], KmsProvider] | None = None
+    ) -> ProviderSet:
+        """The configured providers, each built from its own settings when first used."""
+        common = common_settings(settings)
+
+        def build(name: str) -> KmsProvider:
+            return build_provider(name, settings.provider_values(name), common)
+
+        return cls(settings.kms_provider, build, guard)
+
+    @classmethod
     def of(cls, *providers: KmsProvider) -> ProviderSet:
         """A set of ready-made providers; the first is current (tests, tools)."""
-        made = cls(providers[0].name, _no_options)
+        made = cls(providers[0].name, _not_configured)
         for provider in providers:
             made.add(provider)
         return made
@@ -107,8 +161,7 @@ class ProviderSet:
             found = self._providers.get(name)
         if found is not None:
             return found
-        provider = create_provider(name, self._options_for(name))
-        return self.add(provider)
+        return self.add(self._build(name))
 
     def total_calls(self) -> int:
         with self._lock:
@@ -122,7 +175,7 @@ class ProviderSet:
             provider.close()
 
 
-def _no_options(name: str) -> Mapping[str, Any]:
+def _not_configured(name: str) -> KmsProvider:
     raise ConfigurationError(
         f"a stored key names provider {name!r}, which is not configured",
         code=ErrorCode.CONFIG_MISSING_SETTING,

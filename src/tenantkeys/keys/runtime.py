@@ -16,7 +16,7 @@ from redis.retry import Retry
 from tenantkeys import telemetry
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
-from tenantkeys.keys.kms import ProviderSet
+from tenantkeys.keys.kms import ProviderSet, check_providers
 from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import KmsProvider
@@ -63,13 +63,15 @@ def build_runtime(
     require_redis: bool = False,
     guard: Callable[[KmsProvider], KmsProvider] | None = None,
 ) -> Runtime:
-    """Everything a process needs to sign; validates the provider by building it now."""
+    """Everything a process needs to sign; validates the providers' settings and builds the
+    current provider now, so a misconfigured one stops start-up."""
+    check_providers(settings)
     telemetry.configure_prices(settings.kms_prices_usd)
     store = KeyStore.from_url(settings.database_url)
     if migrate:
         store.migrate()
-    providers = ProviderSet(settings.kms_provider, settings.stored_key_options, guard)
-    providers.current  # noqa: B018 - fail fast on a misconfigured provider
+    providers = ProviderSet.from_settings(settings, guard)
+    providers.current  # noqa: B018 - fail fast on a provider that cannot be built
     client = redis_client(settings)
     l2: WrappedKeyCache | None = None
     if redis_available(client):

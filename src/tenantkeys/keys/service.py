@@ -16,8 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import rfc8785
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tenantkeys import signing, telemetry
 from tenantkeys.errors import (
@@ -28,19 +26,19 @@ from tenantkeys.errors import (
     KeyRevoked,
     VerificationError,
 )
+from tenantkeys.keys import encryption
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.envelope import Sealed, open_sealed, seal
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.providers import canonical_context
+from tenantkeys.signing import Signature
 from tenantkeys.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
-ENCRYPTION_ALGORITHM = "A256GCM"
+
 _AES_KEY_BYTES = 32
-_DATA_MAGIC = b"TKD1"
 
 
 def utcnow() -> datetime:
@@ -60,28 +58,6 @@ class UnlockedKey:
     def __repr__(self) -> str:
         v = self.version
         return f"UnlockedKey(tenant_id={v.tenant_id!r}, purpose={v.purpose.value!r}, kid={v.kid!r})"
-
-
-@dataclass(frozen=True)
-class Signature:
-    """The result of a signing job; what ``tenantkeys sign`` prints."""
-
-    jws: str
-    kid: str
-    tenant_id: str
-    alg: str
-    payload_sha256: str
-    signed_at: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "jws": self.jws,
-            "kid": self.kid,
-            "tenant_id": self.tenant_id,
-            "alg": self.alg,
-            "payload_sha256": self.payload_sha256,
-            "signed_at": self.signed_at,
-        }
 
 
 @dataclass(frozen=True)
@@ -349,38 +325,15 @@ class KeyService:
         """
         key = self.active_key(tenant_id, Purpose.ENCRYPTION)
         assert key.secret is not None
-        nonce = os.urandom(12)
-        kid = key.version.kid.encode()
-        aad = _data_aad(tenant_id, key.version.kid, associated_data)
-        body = AESGCM(key.secret).encrypt(nonce, bytes(plaintext), aad)
-        return _DATA_MAGIC + bytes([len(kid)]) + kid + nonce + body
+        return encryption.seal(key.secret, tenant_id, key.version.kid, plaintext, associated_data)
 
     def decrypt(self, tenant_id: str, ciphertext: bytes, associated_data: bytes = b"") -> bytes:
         """Reverse :meth:`encrypt` with the version that made it (active or retired)."""
         validate_tenant_id(tenant_id)
-        try:
-            if not ciphertext.startswith(_DATA_MAGIC):
-                raise ValueError
-            size = ciphertext[len(_DATA_MAGIC)]
-            start = len(_DATA_MAGIC) + 1
-            kid = ciphertext[start : start + size].decode("ascii")
-            nonce = ciphertext[start + size : start + size + 12]
-            body = ciphertext[start + size + 12 :]
-        except (ValueError, IndexError, UnicodeDecodeError):
-            raise InvalidRequest(
-                "not a tenantkeys ciphertext", code=ErrorCode.INVALID_ENCODING
-            ) from None
-        key = self._key_by_kid(tenant_id, kid, Purpose.ENCRYPTION)
+        parsed = encryption.parse(ciphertext)
+        key = self._key_by_kid(tenant_id, parsed.kid, Purpose.ENCRYPTION)
         assert key.secret is not None
-        try:
-            return AESGCM(key.secret).decrypt(
-                nonce, body, _data_aad(tenant_id, kid, associated_data)
-            )
-        except InvalidTag:
-            raise IntegrityError(
-                "ciphertext does not open: wrong tenant, wrong associated data, or tampered",
-                code=ErrorCode.DECRYPT_FAILED,
-            ) from None
+        return encryption.open_data(key.secret, tenant_id, parsed, associated_data)
 
     def _key_by_kid(self, tenant_id: str, kid: str, purpose: Purpose) -> UnlockedKey:
         cache_key = (tenant_id, purpose.value, "kid", kid)
@@ -411,7 +364,7 @@ class KeyService:
             secret = bytearray(os.urandom(_AES_KEY_BYTES))
             kid, algorithm, public = (
                 "enc-" + signing.b64url(os.urandom(16)),
-                ENCRYPTION_ALGORITHM,
+                encryption.ALGORITHM,
                 None,
             )
         draft = KeyVersion(
@@ -472,13 +425,6 @@ class KeyService:
             self._listener.stop()
         self.providers.close()
         self.store.close()
-
-
-def _data_aad(tenant_id: str, kid: str, associated_data: bytes) -> bytes:
-    # Tenant binding: the tenant and kid take part in the AEAD along with the caller's data.
-    return (
-        canonical_context({"tenant_id": tenant_id, "kid": kid}) + b"\x00" + bytes(associated_data)
-    )
 
 
 def _check_kid(kid: object) -> str:

@@ -1,4 +1,9 @@
-"""KMS providers, looked up by name and imported lazily so each extra stays optional."""
+"""KMS providers, looked up by name and imported lazily so each extra stays optional.
+
+Config owns the provider names (``tenantkeys.config.KMS_PROVIDERS``, a test keeps the two
+equal) and hands each provider's raw ``TENANTKEYS_<NAME>_*`` values up; the provider's own
+:class:`ProviderSettings` model validates them here, where config never looks.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ from typing import Any
 from tenantkeys.errors import ConfigurationError, ErrorCode
 from tenantkeys.providers.base import (
     CONTEXT_KEYS,
+    CommonSettings,
     Context,
     DataKey,
     HealthReport,
     KeyDescription,
     KmsProvider,
+    ProviderSettings,
     canonical_context,
 )
 
@@ -54,8 +61,18 @@ def provider_class(name: str) -> type[KmsProvider]:
     return cls
 
 
+def provider_settings(name: str, values: Mapping[str, object]) -> ProviderSettings:
+    """Provider ``name``'s settings validated from their raw values (by field name)."""
+    return provider_class(name).settings_model.parse(values)
+
+
+def build_provider(name: str, values: Mapping[str, object], common: CommonSettings) -> KmsProvider:
+    """Provider ``name`` built from its raw settings and the service-wide ones."""
+    return provider_class(name).from_settings(values, common)
+
+
 def create_provider(name: str, options: Mapping[str, Any]) -> KmsProvider:
-    """Build the provider ``name`` from its options (see ``Settings.provider_options``)."""
+    """Provider ``name`` from constructor arguments (tests and tools with their own hooks)."""
     return provider_class(name)(**options)
 
 
@@ -63,12 +80,16 @@ __all__ = [
     "CONTEXT_KEYS",
     "REGISTRY",
     "SUPPORTED",
+    "CommonSettings",
     "Context",
     "DataKey",
     "HealthReport",
     "KeyDescription",
     "KmsProvider",
+    "ProviderSettings",
+    "build_provider",
     "canonical_context",
     "create_provider",
     "provider_class",
+    "provider_settings",
 ]

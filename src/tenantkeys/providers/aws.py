@@ -8,9 +8,9 @@ this module never takes keys of its own. It calls four KMS actions and only thes
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import boto3
 from botocore.config import Config
@@ -32,7 +32,14 @@ from tenantkeys.errors import (
     TenantKeysError,
     TransientKmsError,
 )
-from tenantkeys.providers.base import Context, DataKey, KeyDescription, KmsProvider
+from tenantkeys.providers.base import (
+    CommonSettings,
+    Context,
+    DataKey,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -52,10 +59,31 @@ _XML_CODE = re.compile(r"<Code>([A-Za-z.]+)</Code>")
 _XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
 
 
+class AwsSettings(ProviderSettings):
+    """``TENANTKEYS_AWS_*``: the key and its region; credentials come from boto3's chain."""
+
+    provider: ClassVar[str] = "aws"
+    setup_doc: ClassVar[str] = "docs/setup/AWS_KMS_SETUP.md"
+
+    #: Key id, alias (``alias/...``) or ARN of a symmetric KMS key.
+    kms_key_id: str
+    region: str
+    #: Another endpoint (a VPC endpoint, or a local stand-in); None = the region's own.
+    endpoint_url: str | None = None
+
+
 class AwsKmsProvider(KmsProvider):
     """Wraps data keys with an AWS KMS symmetric key (id, alias or ARN)."""
 
     name = "aws"
+    settings_model = AwsSettings
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, object], common: CommonSettings) -> Self:
+        settings = AwsSettings.parse(values)
+        return cls(
+            settings.kms_key_id, settings.region, settings.endpoint_url, timeout=common.timeout
+        )
 
     def __init__(
         self,

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from azure.core import exceptions as azexc
 from azure.keyvault.keys import KeyClient
@@ -33,7 +33,14 @@ from tenantkeys.errors import (
     TenantKeysError,
     TransientKmsError,
 )
-from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, canonical_context
+from tenantkeys.providers.base import (
+    CommonSettings,
+    Context,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+    canonical_context,
+)
 
 ROLE = "Key Vault Crypto Service Encryption User"
 POLICY_DOC = "docs/setup/AZURE_KEY_VAULT_SETUP.md#permissions"
@@ -42,10 +49,31 @@ _NONCE_BYTES = 12
 _ALGORITHM = KeyWrapAlgorithm.rsa_oaep_256
 
 
+class AzureSettings(ProviderSettings):
+    """``TENANTKEYS_AZURE_*``: the Key Vault key; credentials from DefaultAzureCredential."""
+
+    provider: ClassVar[str] = "azure"
+    setup_doc: ClassVar[str] = "docs/setup/AZURE_KEY_VAULT_SETUP.md"
+
+    #: ``https://NAME.vault.azure.net`` (or a Managed HSM URL).
+    vault_url: str
+    key_name: str
+    #: Pin one version; None wraps under the current one (older ones still unwrap).
+    key_version: str | None = None
+
+
 class AzureKeyVaultProvider(KmsProvider):
     """Wraps data keys with an RSA key in Azure Key Vault (or Managed HSM)."""
 
     name = "azure"
+    settings_model = AzureSettings
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, object], common: CommonSettings) -> Self:
+        settings = AzureSettings.parse(values)
+        return cls(
+            settings.vault_url, settings.key_name, settings.key_version, timeout=common.timeout
+        )
 
     def __init__(
         self,

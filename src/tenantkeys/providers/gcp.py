@@ -8,10 +8,10 @@ worth a retry. Credentials: Application Default Credentials, or a service-accoun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -26,7 +26,14 @@ from tenantkeys.errors import (
     TenantKeysError,
     TransientKmsError,
 )
-from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, canonical_context
+from tenantkeys.providers.base import (
+    CommonSettings,
+    Context,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+    canonical_context,
+)
 
 ROLE = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 POLICY_DOC = "docs/setup/GCP_KMS_SETUP.md#iam"
@@ -37,10 +44,34 @@ INSECURE_SCHEME = "insecure://"
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
+class GcpSettings(ProviderSettings):
+    """``TENANTKEYS_GCP_*``: the CryptoKey; credentials from ADC unless a file is named."""
+
+    provider: ClassVar[str] = "gcp"
+    setup_doc: ClassVar[str] = "docs/setup/GCP_KMS_SETUP.md"
+
+    #: ``projects/P/locations/L/keyRings/R/cryptoKeys/K``.
+    key_name: str
+    credentials_file: Path | None = None
+    #: Another API endpoint; ``insecure://127.0.0.1:PORT`` only for a loopback stand-in.
+    endpoint: str | None = None
+
+
 class GcpKmsProvider(KmsProvider):
     """Wraps data keys with a Cloud KMS symmetric CryptoKey (full resource name)."""
 
     name = "gcp"
+    settings_model = GcpSettings
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, object], common: CommonSettings) -> Self:
+        settings = GcpSettings.parse(values)
+        return cls(
+            settings.key_name,
+            settings.credentials_file,
+            settings.endpoint,
+            timeout=common.timeout,
+        )
 
     def __init__(
         self,

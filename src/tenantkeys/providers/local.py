@@ -10,24 +10,48 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import ClassVar, Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tenantkeys.errors import ConfigurationError, ErrorCode, IntegrityError, TenantKeysError
-from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, canonical_context
+from tenantkeys.providers.base import (
+    CommonSettings,
+    Context,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+    canonical_context,
+)
 
 _MAGIC = b"TKL1"
 _NONCE_BYTES = 12
 _KEY_BYTES = 32
 
 
+class LocalSettings(ProviderSettings):
+    """``TENANTKEYS_LOCAL_*``: where the master key lives; nothing is required."""
+
+    provider: ClassVar[str] = "local"
+    setup_doc: ClassVar[str] = "docs/setup/KMS_QUICKSTART.md"
+
+    #: Created 0600 on first use, so the embedded default needs no setting at all.
+    master_key_file: Path = Path("./.tenantkeys/master.key")
+
+
 class LocalProvider(KmsProvider):
     """Wraps data keys with a master key read from (or created in) ``master_key_file``."""
 
     name = "local"
+    settings_model = LocalSettings
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, object], common: CommonSettings) -> Self:
+        settings = LocalSettings.parse(values)
+        return cls(settings.master_key_file, production=common.production)
 
     def __init__(self, master_key_file: Path | str, *, production: bool = False) -> None:
         if production:

@@ -12,10 +12,10 @@ Authentication: ``token`` (hvac reads ``VAULT_TOKEN`` or ``~/.vault-token``), ``
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 import hvac
 import requests
@@ -30,7 +30,14 @@ from tenantkeys.errors import (
     TenantKeysError,
     TransientKmsError,
 )
-from tenantkeys.providers.base import Context, KeyDescription, KmsProvider, canonical_context
+from tenantkeys.providers.base import (
+    CommonSettings,
+    Context,
+    KeyDescription,
+    KmsProvider,
+    ProviderSettings,
+    canonical_context,
+)
 
 POLICY_DOC = "docs/setup/VAULT_SETUP.md#policy"
 #: Where Kubernetes mounts the pod's service-account JWT.
@@ -39,10 +46,62 @@ _PREFIX = b"vault:v"
 _T = TypeVar("_T")
 
 
+class VaultSettings(ProviderSettings):
+    """``TENANTKEYS_VAULT_*``: the Transit key, and how to log in (``auth``)."""
+
+    provider: ClassVar[str] = "vault"
+    setup_doc: ClassVar[str] = "docs/setup/VAULT_SETUP.md"
+    #: What each auth method needs besides the address and the key.
+    AUTH_NEEDS: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "token": (),
+        "approle": ("role_id", "secret_id_file"),
+        "kubernetes": ("kubernetes_role",),
+    }
+
+    addr: str
+    key_name: str
+    namespace: str | None = None
+    mount: str = "transit"
+    #: ``token`` reads hvac's own VAULT_TOKEN (or ~/.vault-token), never a setting of ours.
+    auth: Literal["token", "approle", "kubernetes"] = "token"
+    role_id: str | None = None
+    #: The AppRole secret id stays in a file (a mounted secret), not in the environment.
+    secret_id_file: Path | None = None
+    approle_mount: str = "approle"
+    kubernetes_role: str | None = None
+    kubernetes_mount: str = "kubernetes"
+    kubernetes_token_file: Path = SERVICE_ACCOUNT_TOKEN_FILE
+    #: CA bundle for a Vault whose certificate the system store does not know.
+    ca_cert: str | None = None
+
+    def missing_settings(self) -> tuple[str, ...]:
+        return tuple(name for name in self.AUTH_NEEDS[self.auth] if getattr(self, name) is None)
+
+
 class VaultTransitProvider(KmsProvider):
     """Wraps data keys with a derived Vault Transit key."""
 
     name = "vault"
+    settings_model = VaultSettings
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, object], common: CommonSettings) -> Self:
+        settings = VaultSettings.parse(values)
+        return cls(
+            settings.addr,
+            settings.key_name,
+            mount=settings.mount,
+            namespace=settings.namespace,
+            auth=settings.auth,
+            role_id=settings.role_id,
+            approle_mount=settings.approle_mount,
+            kubernetes_role=settings.kubernetes_role,
+            kubernetes_mount=settings.kubernetes_mount,
+            kubernetes_token_file=settings.kubernetes_token_file,
+            ca_cert=settings.ca_cert,
+            secret_id_file=settings.secret_id_file,
+            timeout=common.timeout,
+        )
 
     def __init__(
         self,

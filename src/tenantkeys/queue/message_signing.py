@@ -3,7 +3,7 @@
 With ``TENANTKEYS_MESSAGE_SIGNING=true`` every task message is serialized by Celery's ``auth``
 serializer: the JSON body plus a signature by this process's key and the id of its
 certificate. A worker accepts only such messages, signed by a certificate in its store; an
-unsigned or forged one is refused before any task runs (see ``workers/dead_letter.py``).
+unsigned or forged one is refused before any task runs (see ``workers/consumer.py``).
 Results and events stay JSON: they carry no work to do.
 """
 

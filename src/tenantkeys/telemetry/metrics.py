@@ -33,13 +33,7 @@ from prometheus_client import (
 )
 
 from tenantkeys.config import KMS_PROVIDERS
-from tenantkeys.errors import (
-    CircuitOpenError,
-    ConfigurationError,
-    IntegrityError,
-    KmsPermissionError,
-    TransientKmsError,
-)
+from tenantkeys.errors import CircuitOpenError, as_error
 from tenantkeys.telemetry.tracing import kms_span
 
 #: Content type of :func:`render_metrics` output, for the ``/metrics`` response.
@@ -165,17 +159,7 @@ def configure_prices(prices: Mapping[str, float]) -> None:
 
 def kms_outcome(exc: BaseException | None) -> KmsOutcome:
     """The ``outcome`` label for a KMS call that raised ``exc`` (``None``: it succeeded)."""
-    if exc is None:
-        return "ok"
-    if isinstance(exc, TransientKmsError):
-        return "transient"
-    if isinstance(exc, KmsPermissionError):
-        return "permission"
-    if isinstance(exc, ConfigurationError):
-        return "config"
-    if isinstance(exc, IntegrityError):
-        return "integrity"
-    return "error"
+    return "ok" if exc is None else as_error(exc).kms_outcome
 
 
 def record_kms_call(

@@ -6,8 +6,9 @@ limits); these are the SDK's settings, not ours, so ``config.py`` does not dupli
 Unlike the SDK's auto-instrumentation, an unset ``OTEL_TRACES_EXPORTER`` means *no* exporter:
 a service started without tracing configured sends nothing anywhere.
 
-Under Celery's prefork pool call :func:`setup_tracing` and :func:`instrument_celery` in each
-child after the fork (``worker_process_init``): exporter threads and sockets do not survive a fork.
+Under Celery's prefork pool call :func:`setup_tracing` (and
+:func:`tenantkeys.queue.tracing.instrument_celery`) in each child after the fork
+(``worker_process_init``): exporter threads and sockets do not survive a fork.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def setup_tracing(
 
     With no exporter configured (``OTEL_TRACES_EXPORTER`` unset or ``none``) nothing is
     installed and ``None`` is returned: OpenTelemetry's default no-op provider stays, so no
-    span is recorded only to be dropped. Recording them cost a fifth of a worker's time per
-    single signing job, and a tenth of a producer's per publish, in the profiles of issue 7.
+    span is recorded only to be dropped (what that cost: docs/performance.md).
     """
     global _provider  # noqa: PLW0603 - one provider per process is OpenTelemetry's own rule
     if _provider is not None:
@@ -112,20 +112,6 @@ def cache_span(layer: Literal["l1", "l2"]) -> Iterator[trace.Span]:
         f"cache.{layer}.lookup", attributes={"tenantkeys.cache.layer": layer}
     ) as span:
         yield span
-
-
-def instrument_celery() -> None:
-    """Trace Celery publish and execution; carries trace context from producer to worker.
-
-    Call in every process that sends or runs tasks: in workers from ``worker_process_init``
-    (after the fork), in producers once at start. Idempotent. The import is deferred so the
-    domain library never imports Celery unless a Celery process asks for it.
-    """
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
-    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
 
 
 @contextmanager

@@ -10,8 +10,7 @@ import pytest
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.faults.hygiene import SecretScan
-from tests.e2e.faults.report import render
-from tests.e2e.faults.support import REPORT_PATH, FaultRecord, write_records
+from tests.e2e.faults.report import REPORT_PATH, FaultRecord, render, write_records
 
 _RECORDS: list[FaultRecord] = []
 _SCANS: list[dict[str, int]] = []

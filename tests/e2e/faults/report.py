@@ -1,4 +1,5 @@
-"""Render the fault suite's JSON report as the Markdown table of docs/reliability.md.
+"""The fault suite's report: one :class:`FaultRecord` per fault, merged into a JSON file at the
+end of each session and rendered as the Markdown table of docs/reliability.md.
 
     python -m tests.e2e.faults.report [REPORT.json]
 
@@ -9,10 +10,70 @@ where the suite writes at the end of each session.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: Where the per-fault records go; ``python -m tests.e2e.faults.report`` renders them.
+REPORT_PATH = Path(
+    os.environ.get("TK_FAULT_REPORT", "")
+    or Path(os.environ.get("TMPDIR", "/tmp")) / "tenantkeys-fault-report.json"
+)
+
+
+@dataclass
+class FaultRecord:
+    """One row of the table in docs/reliability.md."""
+
+    fault: str
+    broker: str
+    provider: str
+    fault_seconds: float = 0.0
+    jobs_sent: int = 0
+    signed: int = 0
+    rejected: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    replayed: int = 0
+    resent: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    recover_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_records(
+    records: Iterable[FaultRecord],
+    path: Path = REPORT_PATH,
+    *,
+    scans: Iterable[Mapping[str, int]] = (),
+) -> Path:
+    """Merge ``records`` into the JSON report (one row per fault name and broker)."""
+    existing: dict[str, dict[str, Any]] = {}
+    old_scans: list[Any] = []
+    if path.exists():
+        with suppress(ValueError):
+            previous = json.loads(path.read_text())
+            for row in previous.get("faults", []):
+                existing[f"{row['fault']}|{row['broker']}"] = row
+            old_scans = previous.get("secret_scans", [])
+    for record in records:
+        existing[f"{record.fault}|{record.broker}"] = record.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body: dict[str, Any] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    body["faults"] = sorted(existing.values(), key=lambda r: (r["fault"], r["broker"]))
+    body["secret_scans"] = list(scans) or old_scans
+    path.write_text(json.dumps(body, indent=2) + "\n")
+    return path
+
 
 COLUMNS = (
     ("fault", "fault"),
@@ -75,8 +136,6 @@ def render(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.e2e.faults.support import REPORT_PATH
-
     args = sys.argv[1:] if argv is None else argv
     path = Path(args[0]) if args else REPORT_PATH
     body = json.loads(path.read_text())

@@ -17,25 +17,16 @@ from pathlib import Path
 import pytest
 
 from tenantkeys import jobs
+from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
+from tests.e2e.faults.deployment import fault_deployment, replay_all
 from tests.e2e.faults.hygiene import SecretScan, scan_run
-from tests.e2e.faults.support import (
-    EventCapture,
-    FaultRecord,
-    Job,
-    ResultTap,
-    SlowProxy,
-    account,
-    fault_deployment,
-    replay_all,
-    results,
-    send_sign_jobs,
-    settle,
-    wait_all,
-)
+from tests.e2e.faults.outages import SlowProxy
+from tests.e2e.faults.report import FaultRecord
+from tests.e2e.faults.sending import Job, results, send_sign_jobs, wait_all
 from tests.e2e.harness import Deployment, TcpProxy, wait_for
 
 pytestmark = pytest.mark.e2e
-moto_kms = pytest.importorskip("tests.servers.moto_kms")
+moto_kms = pytest.importorskip("tenantkeys.testing.moto_kms")
 
 KMS_OUTAGE_SECONDS = float(os.environ.get("TK_FAULT_KMS_OUTAGE_SECONDS", "15"))
 AWS_ROOT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -17,7 +17,8 @@ from celery import Celery
 from tenantkeys import jobs
 from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.faults.support import Job, distinctive_payload, fault_deployment, results
+from tests.e2e.faults.deployment import fault_deployment
+from tests.e2e.faults.sending import Job, distinctive_payload, results
 from tests.e2e.harness import Deployment, wait_for
 from tests.helpers import self_signed_identity
 

@@ -14,20 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import service_missing
+from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
+from tests.e2e.faults.deployment import FAULT_REDIS_URL, fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
-from tests.e2e.faults.support import (
-    FAULT_REDIS_URL,
-    EventCapture,
-    FaultRecord,
-    PrivateRabbitMQ,
-    ResultTap,
-    account,
-    fault_deployment,
-    results,
-    send_sign_jobs,
-    settle,
-    wait_all,
-)
+from tests.e2e.faults.outages import PrivateRabbitMQ
+from tests.e2e.faults.report import FaultRecord
+from tests.e2e.faults.sending import results, send_sign_jobs, wait_all
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -16,19 +16,11 @@ from tenantkeys.keys.model import Purpose
 from tenantkeys.keys.runtime import redis_client
 from tenantkeys.keys.service import KeyService
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.providers.local import LocalProvider
+from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
+from tests.e2e.faults.deployment import fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
-from tests.e2e.faults.support import (
-    EventCapture,
-    FaultRecord,
-    Job,
-    ResultTap,
-    account,
-    fault_deployment,
-    results,
-    send_sign_jobs,
-    settle,
-)
+from tests.e2e.faults.report import FaultRecord
+from tests.e2e.faults.sending import Job, results, send_sign_jobs
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +37,7 @@ def test_two_beats_rotate_each_due_key_once(tmp_path: Path, record: FaultRecord)
     past = datetime.now(UTC) - timedelta(days=400)
     service = KeyService(
         store,
-        ProviderSet.of(LocalProvider(options.local_master_key_file)),
+        ProviderSet.from_settings(options),
         LocalKeyCache(0, 1),
         clock=lambda: past,
     )

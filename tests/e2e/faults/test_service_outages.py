@@ -17,23 +17,17 @@ import pytest
 from tenantkeys import jobs
 from tenantkeys.errors import TenantKeysError
 from tests.conftest import port_open, service_missing
-from tests.e2e.faults.hygiene import SecretScan, scan_run
-from tests.e2e.faults.support import (
+from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
+from tests.e2e.faults.deployment import (
     FAULT_REDIS_URL,
-    EventCapture,
-    FaultRecord,
-    Job,
-    PrivatePostgres,
-    PrivateRedis,
-    ResultTap,
-    account,
     cleanup_prefix,
     fault_deployment,
     replay_all,
-    send_sign_jobs,
-    settle,
-    wait_all,
 )
+from tests.e2e.faults.hygiene import SecretScan, scan_run
+from tests.e2e.faults.outages import PrivatePostgres, PrivateRedis
+from tests.e2e.faults.report import FaultRecord
+from tests.e2e.faults.sending import Job, send_sign_jobs, wait_all
 from tests.e2e.harness import rabbitmq_vhost, wait_for
 
 pytestmark = pytest.mark.e2e

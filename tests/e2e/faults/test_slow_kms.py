@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.faults.support import SlowProxy, results, send_sign_jobs
+from tests.e2e.faults.outages import SlowProxy
+from tests.e2e.faults.sending import results, send_sign_jobs
 from tests.e2e.faults.test_kms_faults import AWS_ROOT, kms, slow_deployment  # noqa: F401
 from tests.e2e.harness import wait_for
 

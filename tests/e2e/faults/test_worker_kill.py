@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import port_open, service_missing
+from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
+from tests.e2e.faults.deployment import cleanup_prefix, fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
-from tests.e2e.faults.support import (
-    EventCapture,
-    FaultRecord,
-    Job,
-    ResultTap,
-    account,
-    cleanup_prefix,
-    fault_deployment,
-    results,
-    send_sign_jobs,
-    settle,
-)
+from tests.e2e.faults.report import FaultRecord
+from tests.e2e.faults.sending import Job, results, send_sign_jobs
 from tests.e2e.harness import Deployment, rabbitmq_vhost
 
 pytestmark = pytest.mark.e2e

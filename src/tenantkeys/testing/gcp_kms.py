@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.cloud import kms
@@ -94,21 +94,22 @@ class GcpKmsStandIn:
         if self.switches.delay_seconds:
             time.sleep(self.switches.delay_seconds)
         if self.switches.unavailable:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "The service is currently unavailable.")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "The service is currently unavailable.")
         if self.switches.deny:
-            context.abort(
+            _abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"Permission 'cloudkms.cryptoKeyVersions.useToEncrypt' denied on '{name}'",
             )
         key = self.keys.get(name.split("/cryptoKeyVersions/", maxsplit=1)[0])
         if key is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"{name} not found.")
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"{name} not found.")
         return key
 
     def _usable(self, context: grpc.ServicerContext, name: str) -> _Key:
         key = self._gate(context, name)
         if self.switches.disabled:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{name} version is DISABLED")
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{name} version is DISABLED")
         return key
 
     def _encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -142,8 +143,10 @@ class GcpKmsStandIn:
                 raise InvalidTag
             plaintext = AESGCM(material).decrypt(blob[4:16], blob[16:], aad)
         except (InvalidTag, ValueError):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "Decryption failed: the ciphertext is invalid."
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Decryption failed: the ciphertext is invalid.",
             )
         checksum = crc32c(plaintext) ^ (1 if self.switches.corrupt_checksums else 0)
         return kms.DecryptResponse(plaintext=plaintext, plaintext_crc32c=checksum)
@@ -163,9 +166,15 @@ class GcpKmsStandIn:
         )
 
 
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End the RPC with ``code``: ``context.abort`` raises, but grpc has no types saying so."""
+    context.abort(code, details)
+    raise AssertionError("unreachable: ServicerContext.abort raises")
+
+
 def _check_crc(context: grpc.ServicerContext, data: bytes, checksum: int | None) -> None:
     if checksum is not None and checksum != crc32c(bytes(data)):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "The checksum in field was incorrect.")
+        _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "The checksum in field was incorrect.")
 
 
 def _unary(

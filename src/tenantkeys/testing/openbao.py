@@ -18,7 +18,7 @@ from pathlib import Path
 import hvac
 import requests
 
-from tests.conftest import free_port
+from tenantkeys.testing import free_port
 
 MOUNT = "transit"
 KEY_NAME = "tenantkeys"

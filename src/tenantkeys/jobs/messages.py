@@ -1,0 +1,146 @@
+"""How jobs travel: payload codec (base64 in JSON), redaction, the result envelope, headers.
+
+Payloads travel base64-encoded in JSON; events and dead letters show their SHA-256 and size
+only (:func:`redact`). A job's result is the envelope ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {...}}``; :func:`unwrap` turns the latter back into the error's class.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tenantkeys import errors
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+
+#: Message header with the producer's enqueue time (Unix seconds): signing latency runs from
+#: it to the stored result. Retries carry it on, so the latency includes them.
+ENQUEUED_AT_HEADER = "enqueued_at"
+
+
+def enqueued_at(headers: Mapping[str, Any] | None) -> float | None:
+    """The enqueue time stamped by the producer, or ``None`` (older producer, Beat, garbage)."""
+    value = (headers or {}).get(ENQUEUED_AT_HEADER)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        stamped = float(value)
+    except ValueError:
+        return None
+    return stamped if math.isfinite(stamped) else None
+
+
+# -- payload codec and redaction ---------------------------------------------------------
+
+
+def encode_payload(payload: bytes) -> str:
+    """A payload as it travels in a JSON message."""
+    return base64.b64encode(bytes(payload)).decode("ascii")
+
+
+def decode_payload(value: object) -> bytes:
+    """Reverse :func:`encode_payload`; ``TK-INVALID-ENCODING`` on anything else."""
+    if not isinstance(value, str):
+        raise InvalidRequest("payload must be a base64 string", code=ErrorCode.INVALID_ENCODING)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(
+            "payload is not valid base64", code=ErrorCode.INVALID_ENCODING
+        ) from None
+
+
+def describe_payload(value: object) -> dict[str, Any]:
+    """SHA-256 and size of an encoded payload: what events and dead letters show instead."""
+    try:
+        data = decode_payload(value)
+    except InvalidRequest:
+        return {"payload": "<invalid base64>"}
+    return {"payload_sha256": hashlib.sha256(data).hexdigest(), "payload_size": len(data)}
+
+
+def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Job arguments with every payload replaced by its hash and size."""
+    shown: dict[str, Any] = {}
+    for name, value in kwargs.items():
+        if name == "payload":
+            shown.update(describe_payload(value))
+        elif name == "items" and isinstance(value, list):
+            shown["items"] = [redact(i) if isinstance(i, Mapping) else "?" for i in value[:20]]
+            shown["item_count"] = len(value)
+        else:
+            shown[name] = value if _is_small_scalar(value) else type(value).__name__
+    return shown
+
+
+def _is_small_scalar(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= 128
+    if isinstance(value, list):
+        return len(value) <= 8 and all(isinstance(v, str) and len(v) <= 32 for v in value)
+    return value is None or isinstance(value, bool | int | float)
+
+
+def argsrepr(args: Any, kwargs: Mapping[str, Any] | None) -> tuple[str, str]:
+    """``(argsrepr, kwargsrepr)`` for Celery: what Flower and task events display."""
+    positional = "(...)" if args else "()"
+    return positional, json.dumps(redact(kwargs or {}), sort_keys=True)
+
+
+def tenant_of(kwargs: Mapping[str, Any]) -> str | None:
+    value = kwargs.get("tenant_id")
+    if isinstance(value, str):
+        return value[:64]
+    items = kwargs.get("items")
+    if isinstance(items, list) and items and isinstance(items[0], Mapping):
+        first = items[0].get("tenant_id")
+        return first[:64] if isinstance(first, str) else None
+    return None
+
+
+# -- result envelope ---------------------------------------------------------------------
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"ok": True, "result": result}
+
+
+def failed(error: TenantKeysError, **extra: Any) -> dict[str, Any]:
+    """The envelope of a job that ended with ``error`` (never holds a payload)."""
+    return {"ok": False, "error": {**error.to_dict(), **extra}}
+
+
+def error_from(detail: Mapping[str, Any]) -> TenantKeysError:
+    """Rebuild the error a worker reported, as the most specific tenantkeys class."""
+    cls: type[TenantKeysError] = TenantKeysError
+    found = getattr(errors, str(detail.get("error", "")), None)
+    if isinstance(found, type) and issubclass(found, TenantKeysError):
+        cls = found
+    try:
+        code: ErrorCode | None = ErrorCode(str(detail.get("code")))
+    except ValueError:
+        code = None
+    message = str(detail.get("message", "the job failed"))
+    if detail.get("dead_letter"):
+        message += f" (dead-lettered as {detail['dead_letter']}; see tenantkeys dlq show)"
+    provider, provider_code = detail.get("provider"), detail.get("provider_code")
+    return cls(
+        message,
+        code=code,
+        provider=str(provider) if provider else None,
+        provider_code=str(provider_code) if provider_code else None,
+    )
+
+
+def unwrap(envelope: object) -> Any:
+    """The result of an ``ok`` envelope; raise the reported error otherwise."""
+    if not isinstance(envelope, Mapping) or "ok" not in envelope:
+        raise TenantKeysError(f"unexpected job result of type {type(envelope).__name__}")
+    if envelope["ok"]:
+        return envelope.get("result")
+    raise error_from(envelope.get("error") or {})

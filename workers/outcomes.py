@@ -1,0 +1,114 @@
+"""What a worker does with a job's outcome: the one requeue path and the one result writer.
+
+* :func:`requeue` -- every "run it again" (a retry, a job handed back from a batch running out
+  of time, a job of a lost batch) publishes the job under its own id with its retry count and
+  the headers it carries (enqueue time, trace context). Published before the message is acked:
+  at least once, never zero times.
+* :func:`write_results` -- every result we store ourselves (a signing batch's, a lost batch's
+  dead letters, a message no task could take) is stored together, counted in the metrics and
+  announced to Flower in one events message. Regular tasks return their result to Celery,
+  which stores it and sends its own events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+
+from tenantkeys import jobs
+from tenantkeys.jobs.runner import Outcome
+from workers.fastpath import results
+
+log = logging.getLogger(__name__)
+
+#: Message headers a re-published job keeps: its enqueue time and trace context (the
+#: tracing instrumentation replaces the latter with the current span's when it is on).
+CARRIED_HEADERS = (jobs.ENQUEUED_AT_HEADER, "traceparent", "tracestate")
+
+
+def carried(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """The headers of ``headers`` a re-published job keeps."""
+    return {name: headers[name] for name in CARRIED_HEADERS if headers and name in headers}
+
+
+def requeue(
+    task: Task,
+    job_id: str,
+    kwargs: dict[str, Any],
+    headers: dict[str, Any] | None,
+    *,
+    retries: int,
+    countdown: float | None = None,
+) -> None:
+    """Publish the job again under ``job_id`` with ``retries`` attempts counted."""
+    task.apply_async(
+        kwargs=kwargs,
+        task_id=job_id,
+        retries=retries,
+        headers=carried(headers),
+        countdown=countdown,
+    )
+
+
+@dataclass(frozen=True)
+class ResultOnly:
+    """The request of a job known only by its id (a message no task could take)."""
+
+    id: str
+    ignore_result: bool = False
+    chord: None = None
+    group: None = None
+    children: tuple[()] = ()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A job whose outcome is decided: what to store under its id, and its metric labels."""
+
+    request: Any
+    outcome: Outcome
+    headers: dict[str, Any]
+    runtime: float = 0.0
+
+
+def observe(outcome: Outcome, headers: dict[str, Any] | None) -> None:
+    """Metrics of a job whose outcome is decided (its result is stored or being returned)."""
+    outcome.record_metrics(jobs.enqueued_at(headers))
+
+
+def write_results(
+    app: Celery, finished: Sequence[Finished], events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Store every result (one round trip or two), then count and announce each job.
+
+    Raises when the results could not be stored: the caller must then not ack those jobs.
+    """
+    results.store(app.backend, [(f.request, f.outcome.result) for f in finished])
+    for f in finished:
+        observe(f.outcome, f.headers)
+        events.append(("task-succeeded", {"uuid": f.request.id, "runtime": f.runtime}))
+
+
+def send_events(
+    app: Celery, hostname: str | None, events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Per-job events for Flower (celery-batches sends only task-received).
+
+    They travel as one ``task.multi`` message per batch, as Celery's own worker buffers its
+    task events; Celery's event receivers (Flower, ``celery events``) unpack the list.
+    """
+    if not events or not app.conf.worker_send_task_events:
+        return
+    try:
+        with app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.buffer_group = frozenset({"task"})
+            dispatcher.buffer_limit = len(events) + 1  # flushed below, not on the way
+            for kind, fields in events:
+                dispatcher.send(kind, **fields)
+            dispatcher.flush(errors=False)
+    except Exception as exc:  # events are best effort; results are already stored
+        log.warning("task events not sent (%s)", type(exc).__name__)
