@@ -20,8 +20,9 @@ from bench.pricing import kms_summary
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet
+from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.runtime import redis_client
-from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey
+from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore
 
 

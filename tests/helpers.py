@@ -20,7 +20,8 @@ from tenantkeys.jobs.deadletters import ArgumentSealer, DeadLetterStore
 from tenantkeys.jobs.runner import JobRunner
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet
-from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey, utcnow
+from tenantkeys.keys.material import UnlockedKey
+from tenantkeys.keys.service import KeyService, KeyServiceOptions, utcnow
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import Context, KmsProvider
 from tenantkeys.providers.local import LocalProvider

@@ -161,7 +161,8 @@ class BrokerSettings(_Concern):
     worker_concurrency: int | None = Field(default=None, ge=1, le=512)
     #: Messages in flight per process: enough to fill one signing batch.
     worker_prefetch_multiplier: int = Field(default=64, ge=1, le=10_000)
-    #: Redis broker: messages taken in one atomic fetch after each BRPOP (0 = kombu's one).
+    #: Redis broker: messages taken per atomic round trip, each recorded before it is popped
+    #: (0 = kombu's stock BRPOP path, which has a loss window on SIGKILL).
     broker_fetch_batch: int = Field(default=64, ge=0, le=1_000)
     #: Single signing jobs are signed together, up to this many per call.
     sign_batch_size: int = Field(default=100, ge=1, le=10_000)

@@ -17,7 +17,8 @@ from tenantkeys import telemetry
 from tenantkeys.config import Settings
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet, check_providers
-from tenantkeys.keys.service import KeyService, KeyServiceOptions, UnlockedKey
+from tenantkeys.keys.material import UnlockedKey
+from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import KmsProvider
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,10 +25,10 @@ from tenantkeys.errors import (
     KeyRevoked,
     VerificationError,
 )
-from tenantkeys.keys import encryption
+from tenantkeys.keys import encryption, material
 from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
-from tenantkeys.keys.envelope import Sealed, open_sealed, seal
 from tenantkeys.keys.kms import ProviderSet
+from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.signing import Signature
@@ -38,26 +37,8 @@ from tenantkeys.telemetry import tracing
 log = logging.getLogger(__name__)
 
 
-_AES_KEY_BYTES = 32
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class UnlockedKey:
-    """A key version with its secret opened. ``repr`` shows the kid only."""
-
-    version: KeyVersion
-    material: signing.KeyMaterial | None = field(default=None, repr=False)
-    secret: bytes | None = field(default=None, repr=False)  # AES key of an encryption version
-    #: The encoded JWS protected header of a signing key, built once per unlock.
-    protected: str = ""
-
-    def __repr__(self) -> str:
-        v = self.version
-        return f"UnlockedKey(tenant_id={v.tenant_id!r}, purpose={v.purpose.value!r}, kid={v.kid!r})"
 
 
 @dataclass(frozen=True)
@@ -354,66 +335,19 @@ class KeyService:
     # -- internals -----------------------------------------------------------------------
 
     def _new_version(self, tenant_id: str, purpose: Purpose, number: int) -> KeyVersion:
-        """Generate a key, seal its secret bound to its context, and describe the new row."""
-        now = self.clock()
-        provider = self.providers.current
-        if purpose is Purpose.SIGNING:
-            material, secret = signing.generate(self.options.signing_algorithm)
-            kid, algorithm, public = material.kid, material.algorithm, material.public_bytes
-        else:
-            secret = bytearray(os.urandom(_AES_KEY_BYTES))
-            kid, algorithm, public = (
-                "enc-" + signing.b64url(os.urandom(16)),
-                encryption.ALGORITHM,
-                None,
-            )
-        draft = KeyVersion(
-            tenant_id=tenant_id,
-            purpose=purpose,
-            version=number,
-            kid=kid,
-            algorithm=algorithm,
-            status=Status.ACTIVE,
-            created_at=now,
-            rotate_after=now + timedelta(days=self.options.rotation_days[purpose.value]),
-            provider=provider.name,
-            provider_key_id=provider.key_id,
-            public_key=public,
-        )
-        try:
-            sealed = seal(secret, draft.context, provider)
-        finally:
-            secret[:] = bytes(len(secret))  # drop the plaintext as soon as it is sealed
-        return draft.evolve(
-            wrapped_secret=sealed.wrapped_secret, wrapped_data_key=sealed.wrapped_data_key
+        days = self.options.rotation_days[purpose.value]
+        return material.mint(
+            tenant_id,
+            purpose,
+            number,
+            self.providers.current,
+            algorithm=self.options.signing_algorithm,
+            now=self.clock(),
+            rotate_after=timedelta(days=days),
         )
 
     def _unlock(self, version: KeyVersion) -> UnlockedKey:
-        if version.status is Status.REVOKED:
-            raise KeyRevoked(f"key {version.kid!r} of tenant {version.tenant_id!r} was revoked")
-        if not version.has_secret:
-            raise KeyNotFound(f"key {version.kid!r} has no private material (retired)")
-        assert version.wrapped_secret is not None and version.wrapped_data_key is not None
-        provider = self.providers.get(version.provider)
-        secret = open_sealed(
-            Sealed(version.wrapped_secret, version.wrapped_data_key), version.context, provider
-        )
-        public = version.evolve(wrapped_secret=None, wrapped_data_key=None)
-        try:
-            if version.purpose is Purpose.SIGNING:
-                header = {
-                    "alg": version.algorithm,
-                    "kid": version.kid,
-                    signing.TENANT_HEADER: version.tenant_id,
-                }
-                return UnlockedKey(
-                    public,
-                    material=signing.load(version.algorithm, secret),
-                    protected=signing.encode_protected(header),
-                )
-            return UnlockedKey(public, secret=bytes(secret))
-        finally:
-            secret[:] = bytes(len(secret))
+        return material.unlock(version, self.providers.get(version.provider))
 
     def _invalidate(self, tenant_id: str, purpose: Purpose) -> None:
         self.l1.invalidate(tenant_id, purpose.value)
