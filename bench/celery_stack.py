@@ -43,9 +43,9 @@ class Workers:
     def pool_rss_mb(self) -> list[float]:
         """RSS of each pool process (children of the worker we started)."""
         sizes: list[float] = []
-        for _name, process in self.stack.processes:
+        for started in self.stack.children:
             with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(process.pid).children(recursive=True):
+                for child in psutil.Process(started.pid).children(recursive=True):
                     with contextlib.suppress(psutil.Error):
                         sizes.append(round(child.memory_info().rss / MB, 1))
         return sizes
@@ -91,11 +91,7 @@ def workers(
         stack.env["TKBENCH_PLAIN_QUEUE"] = plain_queue
         argv = [sys.executable, "-m", "celery", "-A", "bench.plain_worker", "worker"]
         argv += ["-Q", plain_queue, "-c", concurrency, "-n", hostname, "--loglevel=WARNING"]
-        with open(stack.log_dir / "plain.log", "ab") as out:
-            process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=stack.env, start_new_session=True
-            )
-        stack.processes.append(("plain-worker", process))
+        stack.spawn("plain-worker", argv)
     else:
         stack.start(
             "worker",

@@ -119,7 +119,7 @@ def profile_worker(env: BenchEnv, mode: Mode, out: Path) -> dict[str, Any]:
     with workers(env) as w:
         _ready(w, tenants)
         collector = Collector(w)
-        worker_pid = w.stack.processes[0][1].pid
+        worker_pid = w.stack.children[0].pid
         spies = [
             _record(worker_pid, seconds, out / "worker-py-spy.txt", subprocesses=True),
             _record(os.getpid(), seconds, out / "producer-py-spy.txt", subprocesses=False),

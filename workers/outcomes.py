@@ -5,9 +5,10 @@
   the headers it carries (enqueue time, trace context). Published before the message is acked:
   at least once, never zero times.
 * :func:`write_results` -- every result we store ourselves (a signing batch's, a lost batch's
-  dead letters, a message no task could take) is stored together, counted in the metrics and
-  announced to Flower in one events message. Regular tasks return their result to Celery,
-  which stores it and sends its own events.
+  dead letters, a message no task could take) is stored together in Celery's own states
+  (SUCCESS with the result document, FAILURE with the job's exception), counted in the metrics
+  and announced to Flower in one events message. Regular tasks return their result to Celery
+  or raise the same exception, and Celery stores it and sends its own events.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
 
 from tenantkeys import jobs
 from tenantkeys.jobs.runner import Outcome
@@ -87,10 +88,24 @@ def write_results(
 
     Raises when the results could not be stored: the caller must then not ack those jobs.
     """
-    results.store(app.backend, [(f.request, f.outcome.result) for f in finished])
-    for f in finished:
+    stored = [(f.request, *celery_outcome(f.outcome)) for f in finished]
+    results.store(app.backend, stored)
+    for f, (_request, state, result) in zip(finished, stored, strict=True):
         observe(f.outcome, f.headers)
-        events.append(("task-succeeded", {"uuid": f.request.id, "runtime": f.runtime}))
+        fields: dict[str, Any] = {"uuid": f.request.id, "runtime": f.runtime}
+        if state == states.FAILURE:
+            events.append(("task-failed", {**fields, "exception": repr(result)}))
+        else:
+            events.append(("task-succeeded", fields))
+
+
+def celery_outcome(outcome: Outcome) -> tuple[str, Any]:
+    """``(state, result)`` of a decided job: SUCCESS and its result document, or FAILURE
+    and the exception it ended with (:func:`tenantkeys.jobs.job_failure`)."""
+    envelope = outcome.result or {}
+    if envelope.get("ok"):
+        return states.SUCCESS, envelope
+    return states.FAILURE, jobs.job_failure(envelope.get("error") or {})
 
 
 def send_events(

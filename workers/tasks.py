@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Retry
 from celery_batches import SimpleRequest
 
 from tenantkeys import jobs
-from tenantkeys.errors import ErrorCode, TransientKmsError
+from tenantkeys.errors import ErrorCode, TenantKeysError, TransientKmsError
 from tenantkeys.jobs.deadletters import Attempt
 from tenantkeys.jobs.runner import JobRunner, Outcome
 from tenantkeys.keys.rotation import RotationSweep
@@ -30,13 +30,24 @@ from workers import consumer
 from workers.app import app, current, settings
 from workers.fastpath import acks
 from workers.fastpath.batches import FencedBatches
-from workers.outcomes import Finished, observe, requeue, send_events, write_results
+from workers.outcomes import (
+    Finished,
+    celery_outcome,
+    observe,
+    requeue,
+    send_events,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
 
 class RedactedTask(Task):  # type: ignore[misc]
     """Every message it publishes (including retries) shows hashes, never payloads."""
+
+    #: A job failing with one of ours is an outcome, not a crash: Celery logs it in one line
+    #: (no traceback) and still stores FAILURE and sends task-failed.
+    throws = (TenantKeysError,)
 
     def apply_async(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
@@ -74,7 +85,10 @@ def run_request(task: Task, method: Callable[..., Outcome], kwargs: dict[str, An
             countdown=outcome.retry_in,
         )
         raise Retry(exc=outcome.error, when=outcome.retry_in)
-    return outcome.result
+    state, result = celery_outcome(outcome)
+    if state == states.FAILURE:
+        raise result  # Celery's FAILURE: the error's class, its code and doc in the arguments
+    return result
 
 
 class SignBatches(RedactedTask, FencedBatches):

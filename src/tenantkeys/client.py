@@ -143,7 +143,13 @@ class SigningClient:
             if state.status == "SUCCESS":
                 return jobs.unwrap(state.result)
             if state.status == "FAILURE":
-                raise TenantKeysError(f"job {job_id} failed in the worker; see its log")
+                detail = jobs.failure_detail(state.result)
+                if detail is not None:
+                    raise jobs.error_from(detail)
+                raise TenantKeysError(
+                    f"job {job_id} failed in the worker ({type(state.result).__name__}); "
+                    "see its log"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise JobTimeout(

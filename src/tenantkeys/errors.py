@@ -63,6 +63,13 @@ class ErrorCode(StrEnum):
     KEY_REVOKED = "TK-KEY-REVOKED"
     TENANT_MISMATCH = "TK-TENANT-MISMATCH"
     SIGNATURE_INVALID = "TK-SIGNATURE-INVALID"
+    JWS_NONCANONICAL_ENCODING = "TK-JWS-NONCANONICAL-ENCODING"
+    JWS_DUPLICATE_HEADER = "TK-JWS-DUPLICATE-HEADER"
+    JWS_CRIT_UNSUPPORTED = "TK-JWS-CRIT-UNSUPPORTED"
+    JWS_B64_UNSUPPORTED = "TK-JWS-B64-UNSUPPORTED"
+    JWS_ALG_UNSUPPORTED = "TK-JWS-ALG-UNSUPPORTED"
+    JWS_KEY_TYPE_MISMATCH = "TK-JWS-KEY-TYPE-MISMATCH"
+    JWS_HIGH_S = "TK-JWS-HIGH-S"
     DECRYPT_FAILED = "TK-DECRYPT-FAILED"
     AUTH_REQUIRED = "TK-AUTH-REQUIRED"
     AUTH_FORBIDDEN = "TK-AUTH-FORBIDDEN"
@@ -71,6 +78,7 @@ class ErrorCode(StrEnum):
     JOB_DEAD_LETTERED = "TK-JOB-DEAD-LETTERED"
     DEAD_LETTER_NOT_FOUND = "TK-DEAD-LETTER-NOT-FOUND"
     BROKER_UNAVAILABLE = "TK-BROKER-UNAVAILABLE"
+    PORT_IN_USE = "TK-PORT-IN-USE"
 
 
 class Override(TypedDict, total=False):
@@ -148,16 +156,26 @@ class TenantKeysError(Exception):
     def __init__(
         self,
         message: str,
+        detail: Mapping[str, object] | None = None,
         *,
         code: ErrorCode | None = None,
         provider: str | None = None,
         provider_code: str | None = None,
     ) -> None:
+        if detail is not None:
+            # Rebuilt from a failed job's stored exception, ``[one line, detail]`` (Celery
+            # calls the class with those arguments): the detail holds the facts.
+            message = str(detail.get("message") or message)
+            code = code or _known_code(detail.get("code"))
+            provider = provider or _text(detail.get("provider"))
+            provider_code = provider_code or _text(detail.get("provider_code"))
         super().__init__(message)
         self.message = message
         self.code: ErrorCode = code or self.default_code
         self.provider = provider
         self.provider_code = provider_code
+        #: What a failed job stored with the error (its dead letter, per-item results).
+        self.detail: dict[str, object] | None = dict(detail) if detail is not None else None
 
     @property
     def doc(self) -> str:
@@ -359,3 +377,14 @@ def as_error(exc: BaseException, where: str = "") -> TenantKeysError:
     if isinstance(exc, TenantKeysError):
         return exc
     return TenantKeysError(" ".join(filter(None, ("unexpected", type(exc).__name__, where))))
+
+
+def _known_code(value: object) -> ErrorCode | None:
+    try:
+        return ErrorCode(str(value))
+    except ValueError:
+        return None
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value else None

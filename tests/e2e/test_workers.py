@@ -255,3 +255,50 @@ def test_two_beats_rotate_each_due_key_exactly_once(redis_deployment: Deployment
             assert [v.status.value for v in versions] == ["retired", "active"]
     store.close()
     print("\nsweep results:", json.dumps(sorted(str(s) for s in seen if s))[:200])
+
+
+def test_failed_jobs_end_in_celerys_failure_state_for_every_celery_tool(
+    redis_deployment: Deployment,
+) -> None:
+    """A rejected job (batched sign, or a key job), a dead-lettered one and a refused message
+    end in FAILURE with the error's class and ``[one line, detail]``: Celery's own API sees
+    ``failed()``, the raw JSON names the code; a sign_batch keeps per-item outcomes."""
+    deployment = redis_deployment
+    deployment.worker("w1", concurrency=1)
+    with deployment.client() as client:
+        client.create_keys("acme", ["signing"], timeout=60)
+        rejected_sign = client.send(jobs.SIGN, {"tenant_id": "bad tenant!", "payload": "AA=="})
+        rejected_key = client.send(jobs.CREATE_KEYS, {"tenant_id": "bad tenant!"})
+        unknown = client.send("tenantkeys.no_such_task", {"tenant_id": "acme"})
+        mixed = client.send(
+            jobs.SIGN_BATCH,
+            {
+                "items": [
+                    {"tenant_id": "acme", "payload": jobs.encode_payload(b"a")},
+                    {"tenant_id": "ghost", "payload": jobs.encode_payload(b"b")},
+                ]
+            },
+        )
+        expected = {
+            rejected_sign: ("InvalidRequest", "TK-INVALID-TENANT", False),
+            rejected_key: ("InvalidRequest", "TK-INVALID-TENANT", False),
+            unknown: ("InvalidRequest", "TK-INVALID-ARGUMENT", True),
+        }
+        for job_id, (kind, code, dead_lettered) in expected.items():
+            with pytest.raises(TenantKeysError) as raised:
+                client.wait(job_id, 30)
+            assert raised.value.code == code
+            result = client.app.AsyncResult(job_id)
+            assert result.state == "FAILURE" and result.failed(), job_id
+            assert isinstance(result.result, InvalidRequest) and result.result.code == code
+            raw = json.loads(client.app.backend.get(client.app.backend.get_key_for_task(job_id)))
+            assert raw["status"] == "FAILURE" and raw["result"]["exc_type"] == kind
+            one_line, detail = raw["result"]["exc_message"]
+            assert one_line.startswith(f"{code}: ") and detail["code"] == code
+            assert detail["doc"].endswith(f"#{code.lower()}")
+            assert ("dead_letter" in detail) is dead_lettered
+        batch = client.app.AsyncResult(mixed)
+        items = client.wait(mixed, 30)["results"]
+        assert batch.state == "SUCCESS"
+        assert [item["ok"] for item in items] == [True, False]
+        assert items[1]["error"]["code"] == "TK-KEY-NOT-FOUND"

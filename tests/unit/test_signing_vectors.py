@@ -71,7 +71,9 @@ def test_repr_of_key_material_shows_kid_not_secret() -> None:
     [
         ("abc", ErrorCode.INVALID_JWS),
         ("a.b.c.d", ErrorCode.INVALID_JWS),
-        ("!!!.x.y", ErrorCode.INVALID_JWS),
+        ("!!!.x.y", ErrorCode.JWS_NONCANONICAL_ENCODING),
+        ("e30..", ErrorCode.INVALID_JWS),  # no signature
+        ("..AAAA", ErrorCode.INVALID_JWS),  # no header
         ("eyJhbGciOiJFZERTQSJ9..AAAA", ErrorCode.INVALID_JWS),  # no kid
         ("e30..AAAA", ErrorCode.INVALID_JWS),  # {} header
     ],
@@ -83,8 +85,62 @@ def test_malformed_jws_gets_its_code(jws: str, code: ErrorCode) -> None:
     assert "\n" not in err.value.one_line()
 
 
-@pytest.mark.parametrize("text", ["a+b", "ab==", "a b", "a/b"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a+b",
+        "ab==",
+        "a b",
+        "a/b",
+        "abc!",
+        "ab!!!!",
+        "A",  # length 1 mod 4
+        "AR",  # "A" with unused bits set: same byte as "AQ"
+        "AAB",  # "AAA" with unused bits set
+        " AQ",
+        "AQ\n",
+        "A\rQ",
+        "A\x0bQ",
+        "A\x0cQ",
+        "A\tQ",
+        "\uff21Q",  # fullwidth A
+    ],
+)
 def test_malformed_base64url(text: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         signing.b64url_decode(text)
     assert err.value.code == ErrorCode.INVALID_ENCODING
+    assert "\n" not in err.value.one_line()
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x00", b"\xff", b"\xff\xfe", b"\xfb\xff\xbf", bytes(range(256))]
+)
+def test_base64url_has_one_spelling_and_round_trips(data: bytes) -> None:
+    text = signing.b64url(data)
+    assert signing.b64url_defect(text) is None
+    assert signing.b64url_decode(text) == data
+
+
+def test_es256_signing_emits_only_low_s() -> None:
+    key, _ = signing.generate("ES256")
+    half = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551 // 2
+    for i in range(64):  # unnormalised, all 64 low-S by chance has probability 2**-64
+        jws = signing.sign_compact(key, {"alg": "ES256", "kid": key.kid}, b"%d" % i)
+        parsed = signing.parse_compact(jws)
+        assert int.from_bytes(parsed.signature[32:], "big") <= half
+        signing.verify_parsed(parsed, b"%d" % i, "ES256", key.public_bytes)
+
+
+def test_the_rfc8037_jws_passes_the_strict_rules() -> None:
+    # parse_compact wants a kid, which the RFC's header lacks; every other rule is applied here.
+    protected, payload, sig = VECTORS["jws"]["compact"].split(".")
+    parsed = signing.ParsedJws(
+        json.loads(signing.b64url_decode(protected)),
+        protected,
+        signing.b64url_decode(payload),
+        signing.b64url_decode(sig),
+    )
+    signing.verify_parsed(
+        parsed, VECTORS["jws"]["payload_utf8"].encode(), "EdDSA", rfc_key().public_bytes
+    )

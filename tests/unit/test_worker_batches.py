@@ -48,7 +48,9 @@ def test_each_result_is_stored_under_its_id_as_mark_as_done_would() -> None:
     pubsub = backend.client.pubsub()
     pubsub.subscribe(backend.get_key_for_task("a"))
     pubsub.get_message(timeout=1)  # the subscription itself
-    results.store(backend, [(_request("a"), {"ok": True}), (_request("b"), {"ok": False})])
+    results.store(
+        backend, [(_request("a"), "SUCCESS", {"ok": True}), (_request("b"), "SUCCESS", {})]
+    )
     assert backend.get_task_meta("a")["result"] == {"ok": True}
     assert backend.get_task_meta("b")["status"] == "SUCCESS"
     assert 0 < backend.client.ttl(backend.get_key_for_task("b")) <= 60
@@ -63,8 +65,11 @@ def test_each_result_is_stored_under_its_id_as_mark_as_done_would() -> None:
 
 def test_a_stored_success_is_not_replaced_by_a_duplicate_run() -> None:
     backend = _backend()
-    results.store(backend, [(_request("a"), {"ok": True, "result": 1})])
-    results.store(backend, [(_request("a"), {"ok": True, "result": 2}), (_request("b"), 3)])
+    results.store(backend, [(_request("a"), "SUCCESS", {"ok": True, "result": 1})])
+    results.store(
+        backend,
+        [(_request("a"), "SUCCESS", {"ok": True, "result": 2}), (_request("b"), "SUCCESS", 3)],
+    )
     assert backend.get_task_meta("a")["result"] == {"ok": True, "result": 1}
     assert backend.get_task_meta("b")["result"] == 3
 
@@ -78,12 +83,35 @@ def test_other_backends_and_chords_store_job_by_job() -> None:
             self.stored.append(job_id)
 
     other = Recording()
-    results.store(other, [(_request("a"), 1), (_request("b"), 2)])  # type: ignore[arg-type]
+    results.store(other, [(_request("a"), "SUCCESS", 1), (_request("b"), "SUCCESS", 2)])  # type: ignore[arg-type]
     assert other.stored == ["a", "b"]
     backend = _backend()
     backend.on_chord_part_return = lambda *args, **kwargs: None
-    results.store(backend, [(_request("a", chord={"x": 1}), 1)])
+    results.store(backend, [(_request("a", chord={"x": 1}), "SUCCESS", 1)])
     assert backend.get_task_meta("a")["result"] == 1
+
+
+def test_a_failed_job_is_stored_as_celery_failure_that_any_client_reads() -> None:
+    """FAILURE with the error's class and ``[one line, detail]``: Celery rebuilds the class;
+    the raw JSON names the code for a client in another language; a later success replaces it."""
+    from tenantkeys import jobs
+    from tenantkeys.errors import KmsPermissionError
+
+    backend = _backend()
+    error = KmsPermissionError("needs kms:Decrypt", provider="aws")
+    failure = jobs.job_failure(jobs.failed(error, dead_letter="d1")["error"])
+    results.store(backend, [(_request("a"), "FAILURE", failure)])
+    meta = backend.get_task_meta("a")
+    assert meta["status"] == "FAILURE"
+    rebuilt = meta["result"]
+    assert isinstance(rebuilt, KmsPermissionError) and rebuilt.code == "TK-KMS-ACCESS-DENIED"
+    raw = json.loads(backend.client.get(backend.get_key_for_task("a")))
+    assert raw["result"]["exc_type"] == "KmsPermissionError"
+    one_line, detail = raw["result"]["exc_message"]
+    assert one_line.startswith("TK-KMS-ACCESS-DENIED: ") and detail["dead_letter"] == "d1"
+    assert jobs.failure_detail(raw["result"]) == detail == jobs.failure_detail(rebuilt)
+    results.store(backend, [(_request("a"), "SUCCESS", {"ok": True})])  # a replay succeeded
+    assert backend.get_task_meta("a")["status"] == "SUCCESS"
 
 
 class _Request:

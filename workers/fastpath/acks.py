@@ -1,8 +1,8 @@
 """Ack a signing batch's messages together: one Redis round trip per batch, not one per job.
 
-kombu's Redis transport acks a message by removing it from the unacked index and hash (ZREM +
-HDEL) in a pipeline of its own; the worker's consumer, one thread for all pool processes, spent
-a quarter of its time there. :func:`acknowledge` sends those commands for every message of a
+kombu's Redis transport acks a message by removing it from the unacked index and hash
+(ZREM + HDEL) in a pipeline of its own, on the worker's consumer thread that feeds every pool
+process (its share in the profiles: docs/performance.md). :func:`acknowledge` sends those commands for every message of a
 batch in one pipeline and then marks each message and request acked, as ``Message.ack`` does.
 Other transports (RabbitMQ acks are cheap) and any error take the per-request path, so a
 message is acked at most once and, with acks_late, never before its job ran.

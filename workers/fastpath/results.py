@@ -2,11 +2,12 @@
 
 Celery's ``backend.mark_as_done`` reads the job's key (a stored success is never overwritten,
 so a duplicate run cannot replace a result a caller may have read) and then writes it with a
-SETEX + PUBLISH pipeline: two round trips per job, most of a batched ``sign`` task's time in
-the profile. :func:`store` keeps those semantics for a whole batch -- one MGET, then one
+SETEX + PUBLISH pipeline: two round trips per job (what that cost a batched ``sign`` task:
+docs/performance.md). :func:`store` keeps those semantics for a whole batch -- one MGET, then one
 pipeline of SETEX + PUBLISH per job -- with the value, key, expiry and size limit Celery's
-Redis backend would use. Other backends (and chord members, which sign jobs never are) take
-``mark_as_done`` job by job.
+Redis backend would use. A failed job is stored as Celery's FAILURE with its exception, as
+``mark_as_failure`` would store it. Other backends (and chord members, which sign jobs never
+are) take ``mark_as_done`` / ``mark_as_failure`` job by job.
 """
 
 from __future__ import annotations
@@ -19,30 +20,37 @@ from celery.backends.base import Backend
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
+#: ``(request, state, result)``: state SUCCESS with the result document, or FAILURE with the
+#: exception the job ended with.
+Done = tuple[Any, str, Any]
 
-def store(backend: Backend, done: Sequence[tuple[Any, Any]]) -> None:
-    """Store ``(request, result)`` pairs as SUCCESS, each under its own job id."""
+
+def store(backend: Backend, done: Sequence[Done]) -> None:
+    """Store each job's outcome under its own job id."""
     if not done:
         return
     if not isinstance(backend, RedisBackend) or any(
-        getattr(request, "chord", None) for request, _ in done
+        getattr(request, "chord", None) for request, _, _ in done
     ):
-        for request, result in done:
-            backend.mark_as_done(request.id, result, request=request)
+        for request, state, result in done:
+            if state == states.FAILURE:
+                backend.mark_as_failure(request.id, result, request=request, call_errbacks=False)
+            else:
+                backend.mark_as_done(request.id, result, request=request)
         return
-    wanted = [(request, result) for request, result in done if not request.ignore_result]
+    wanted = [job for job in done if not job[0].ignore_result]
     if wanted:
         backend.ensure(_store_redis, (backend, wanted))
 
 
-def _store_redis(backend: RedisBackend, done: Sequence[tuple[Any, Any]]) -> None:
-    keys = [backend.get_key_for_task(request.id) for request, _ in done]
+def _store_redis(backend: RedisBackend, done: Sequence[Done]) -> None:
+    keys = [backend.get_key_for_task(request.id) for request, _, _ in done]
     current = backend.client.mget(keys)
     with backend.client.pipeline(transaction=False) as pipe:
-        for key, stored, (request, result) in zip(keys, current, done, strict=True):
+        for key, stored, (request, state, result) in zip(keys, current, done, strict=True):
             if stored is not None and backend.decode_result(stored)["status"] == states.SUCCESS:
                 continue  # a duplicate run: the first result stands (as in mark_as_done)
-            value = backend.encode(_meta(backend, request, result))
+            value = backend.encode(_meta(backend, request, state, result))
             if isinstance(value, str) and len(value) > backend._MAX_STR_VALUE_SIZE:
                 raise BackendStoreError("value too large for Redis backend", task_id=request.id)
             pipe.set(key, value, ex=backend.expires or None)
@@ -50,10 +58,10 @@ def _store_redis(backend: RedisBackend, done: Sequence[tuple[Any, Any]]) -> None
         pipe.execute()
 
 
-def _meta(backend: RedisBackend, request: Any, result: Any) -> dict[str, Any]:
+def _meta(backend: RedisBackend, request: Any, state: str, result: Any) -> dict[str, Any]:
     meta: dict[str, Any] = backend._get_result_meta(
-        result=backend.encode_result(result, states.SUCCESS),
-        state=states.SUCCESS,
+        result=backend.encode_result(result, state),
+        state=state,
         traceback=None,
         request=request,
     )

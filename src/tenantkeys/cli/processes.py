@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import click
 
 from tenantkeys import jobs
+from tenantkeys.cli import ports
 from tenantkeys.cli.context import settings
-from tenantkeys.cli.stack import LocalStack
-from tenantkeys.config import ENV_PREFIX, Settings, environment_with, load_settings
-from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.cli.demo import run_demo
+from tenantkeys.cli.dev import run_dev, stop_dev
+from tenantkeys.cli.probes import alive
+from tenantkeys.config import ENV_PREFIX, Settings, environment_with
+from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest
 
-DEMO_TENANTS = ("acme", "globex", "initech")
 #: Addresses Flower may bind without basic auth: reachable from this machine only.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Exit status of `worker-ready` when the worker did not answer.
@@ -95,18 +92,8 @@ def _remove_stale_metrics(base: Path, host: str) -> None:
         return
     for directory in base.glob(f"worker-{host}-*"):
         pid = directory.name.rpartition("-")[2]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 @click.command("worker-ready")
@@ -164,6 +151,7 @@ def flower_command(port: int, address: str) -> None:
             "user:password, or bind it to 127.0.0.1",
             code=ErrorCode.CONFIG_MISSING_SETTING,
         )
+    ports.require_free(ports.flower(port, address))
     env = dict(os.environ)
     if credentials is not None:
         # Flower reads FLOWER_* variables; never on its command line, where `ps` would show it.
@@ -183,138 +171,40 @@ def api_command(port: int, host: str) -> None:
         )
     from tenantkeys.api import serve
 
-    serve(settings(), host=host, port=port)
+    config = settings()
+    listening = ports.ops_api(port, host)
+    ports.require_free(listening)
+    with ports.bind_errors(listening):
+        serve(config, host=host, port=port)
 
 
 @click.command("dev")
 @click.option("--flower-port", type=int, default=5555, show_default=True)
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def dev_command(flower_port: int, no_flower: bool) -> None:
-    """Redis (bundled if none answers), a worker, Beat and Flower, in the foreground."""
-    base = settings()
-    stack = LocalStack(base.data_dir / "logs")
-    _stop_on_sigterm()
-    try:
-        url = stack.ensure_redis(base)
-        stack.env[f"{ENV_PREFIX}REDIS_URL"] = url
-        stack.start("worker", "worker", "--loglevel=INFO")
-        stack.start("beat", "beat", "--loglevel=INFO")
-        if not no_flower and importlib.util.find_spec("flower") is not None:
-            stack.start("flower", "flower", f"--port={flower_port}")
-            click.echo(f"flower: http://127.0.0.1:{flower_port}")
-        click.echo(f"redis: {url}\nlogs: {stack.log_dir}\nservice running; Ctrl-C stops it")
-        while True:
-            exited = stack.failed()
-            if exited is not None:
-                raise TenantKeysError(f"the {exited} process exited; see {stack.log_dir}")
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        click.echo("stopping ...", err=True)
-    finally:
-        stack.stop()
+@click.option(
+    "--stop", "stop", is_flag=True, help="Stop the stack running from this data dir, and exit."
+)
+def dev_command(flower_port: int, no_flower: bool, stop: bool) -> None:
+    """Redis (bundled if none answers), a worker, Beat and Flower, in the foreground.
+
+    One per data dir (TENANTKEYS_DATA_DIR): its PIDs and ports are in <data_dir>/dev.pid.
+    Ctrl-C, SIGTERM or SIGHUP (closing the terminal) stops everything it started, Redis last.
+    """
+    if stop:
+        stop_dev(settings(), _say)
+        return
+    with_flower = not no_flower and importlib.util.find_spec("flower") is not None
+    run_dev(settings(), flower_port if with_flower else None, _say)
 
 
-def _stop_on_sigterm() -> None:
-    def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
+def _say(line: str) -> None:
+    """Print a line; after a hang-up the terminal is gone and writing fails, which is fine."""
+    with contextlib.suppress(OSError):
+        click.echo(line)
 
 
 @click.command("demo")
 @click.option("--payloads", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 def demo_command(payloads: int) -> None:
     """Start the stack, sign payloads through the queue, rotate, verify, print a summary."""
-    base = settings()
-    workdir = Path(tempfile.mkdtemp(prefix="tenantkeys-demo-"))
-    stack = LocalStack(workdir / "logs")
-    _stop_on_sigterm()
-    demo: Settings | None = None
-    try:
-        url = stack.ensure_redis(base)
-        overrides = _demo_settings(workdir, url)
-        stack.env.update({ENV_PREFIX + k.upper(): str(v) for k, v in overrides.items()})
-        demo = load_settings(**overrides)
-        stack.start("worker", "worker", "--loglevel=WARNING")
-        stack.start("beat", "beat", "--loglevel=WARNING")
-        summary = _run_demo(demo, payloads, stack)
-    finally:
-        stack.stop()
-        if demo is not None:
-            _forget_prefix(demo)
-        shutil.rmtree(workdir, ignore_errors=True)
-    click.echo(json.dumps(summary, indent=2))
-
-
-def _forget_prefix(demo: Settings) -> None:
-    """Delete every Redis key the demo wrote (all under its private prefix)."""
-    from tenantkeys.keys.runtime import redis_available, redis_client
-
-    client = redis_client(demo)
-    try:
-        if redis_available(client):
-            for key in client.scan_iter(match=f"{demo.redis_prefix}:*", count=1000):
-                client.delete(key)
-    finally:
-        client.close()
-
-
-def _demo_settings(workdir: Path, redis_url: str) -> dict[str, Any]:
-    """A private store, master key and Redis prefix, so the demo never touches real data."""
-    return {
-        "environment": "development",
-        "kms_provider": "local",
-        "database_url": f"sqlite:///{workdir / 'keys.db'}",
-        "local_master_key_file": workdir / "master.key",
-        "dead_letter_key_file": workdir / "deadletter.key",
-        "data_dir": workdir,
-        "redis_url": redis_url,
-        "broker_url": redis_url,
-        "result_backend": redis_url,
-        "redis_prefix": f"tkdemo-{uuid.uuid4().hex[:8]}",
-    }
-
-
-def _run_demo(demo: Settings, count: int, stack: LocalStack) -> dict[str, Any]:
-    from tenantkeys.client import SigningClient
-    from tenantkeys.keys.runtime import build_runtime
-
-    with SigningClient.from_settings(demo) as client:
-        # The first job also waits for the worker to start.
-        for tenant in DEMO_TENANTS:
-            client.create_keys(tenant, ["signing"], timeout=120)
-        data = [
-            (DEMO_TENANTS[i % 3], json.dumps({"invoice": i, "amount": i * 7}).encode())
-            for i in range(count)
-        ]
-        started = time.perf_counter()
-        pending = [client.submit(tenant, payload) for tenant, payload in data]
-        signatures = [p.result(timeout=120) for p in pending]
-        elapsed = time.perf_counter() - started
-        rotation = client.rotate_key(DEMO_TENANTS[0], "signing")
-        after = client.sign(DEMO_TENANTS[0], b"signed after the rotation", timeout=60)
-    if stack.failed():
-        raise TenantKeysError(f"a demo process exited early; see {stack.log_dir}")
-    runtime = build_runtime(demo, migrate=False)
-    try:
-        for (tenant, payload), signature in zip(data, signatures, strict=True):
-            runtime.service.verify(tenant, payload, signature.jws)
-        runtime.service.verify(DEMO_TENANTS[0], b"signed after the rotation", after.jws)
-    finally:
-        runtime.close()
-    old_kid = next(
-        s.kid for (t, _), s in zip(data, signatures, strict=True) if t == DEMO_TENANTS[0]
-    )
-    if not rotation["rotated"] or old_kid == after.kid:
-        raise TenantKeysError("the demo rotation did not produce a new key")
-    digest = hashlib.sha256("".join(s.jws for s in signatures).encode()).hexdigest()[:16]
-    return {
-        "tenants": list(DEMO_TENANTS),
-        "signed_through_queue": len(signatures),
-        "seconds": round(elapsed, 2),
-        "jobs_per_second": round(len(signatures) / elapsed, 1),
-        "rotated": {"tenant": DEMO_TENANTS[0], "old_kid": old_kid, "new_kid": after.kid},
-        "verified": len(signatures) + 1,
-        "signatures_digest": digest,
-        "result": "ok",
-    }
+    click.echo(json.dumps(run_demo(settings(), payloads), indent=2))

@@ -78,7 +78,9 @@ def sign_command(
 
 @click.command("verify")
 @with_payload
-@click.option("--jws", required=True, help="The compact JWS (detached or not).")
+@click.option(
+    "--jws", required=True, help="The compact JWS (detached or not), exactly as it was issued."
+)
 def verify_command(
     tenant_id: str,
     file: Path | None,
@@ -87,7 +89,11 @@ def verify_command(
     canonical_json: bool,
     jws: str,
 ) -> None:
-    """Exit 0 when the JWS verifies for this tenant; 1 with the reason on stderr when not."""
+    """Exit 0 when the JWS verifies for this tenant; 1 with the reason on stderr when not.
+
+    Strict: a JWS in any spelling but the one issued (padding, whitespace, high-S, repeated
+    header members, crit, b64 ...) is refused with its own code; see docs/verifying.md.
+    """
     payload = read_payload(file, data, stdin)
     try:
         result = runtime().service.verify(tenant_id, payload, jws, canonical_json=canonical_json)

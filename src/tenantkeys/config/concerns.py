@@ -28,6 +28,8 @@ ENV_PREFIX = "TENANTKEYS_"
 #: The providers TENANTKEYS_KMS_PROVIDER may name; tenantkeys.providers registers one per name.
 #: Each owns the variables TENANTKEYS_<NAME>_*: no setting of config's own starts that way.
 KMS_PROVIDERS: tuple[str, ...] = ("local", "aws", "vault", "gcp", "azure")
+#: What a process does when a cached key's confirmation is due and Redis does not answer.
+RedisDownPolicy = Literal["availability", "safety"]
 
 
 def _provider_name(value: str | None, *, required: bool) -> str | None:
@@ -133,6 +135,10 @@ class CacheSettings(_Concern):
     cache_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
     #: Long, because L2 holds wrapped records only, which are safe at rest.
     l2_cache_ttl_seconds: int = Field(default=3_600, ge=0, le=30 * 86_400)
+    #: A missed invalidation ends within 5 s, for one Redis GET per cached key per 5 s per process.
+    key_confirm_seconds: float = Field(default=5.0, gt=0, le=86_400)
+    #: Availability: a Redis outage never stops signing for cached keys (worst case: the L1 TTL).
+    key_confirm_redis_down: RedisDownPolicy = "availability"
 
 
 class KeySettings(_Concern):

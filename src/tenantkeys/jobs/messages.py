@@ -1,8 +1,18 @@
 """How jobs travel: payload codec (base64 in JSON), redaction, the result envelope, headers.
 
 Payloads travel base64-encoded in JSON; events and dead letters show their SHA-256 and size
-only (:func:`redact`). A job's result is the envelope ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": {...}}``; :func:`unwrap` turns the latter back into the error's class.
+only (:func:`redact`).
+
+Results use Celery's own states. A job that succeeded ends in ``SUCCESS`` with the envelope
+``{"ok": true, "result": ...}``. A job that was rejected, dead-lettered or ran out of retries
+ends in ``FAILURE`` with the exception of :func:`job_failure`: its class is the error's
+(``KmsPermissionError``...) and its arguments are ``[one line, detail]``, where the one line
+says ``CODE: message (see doc)`` and the detail is the error as JSON (``code``, ``message``,
+``doc``, ``dead_letter``...). Celery stores that as ``{"exc_type", "exc_module", "exc_message"}``,
+which Flower, ``celery inspect`` and a client in any language read as a failure; Celery rebuilds
+it in Python as the error's own class. Inside a worker a job's outcome is still an envelope
+(``{"ok": false, "error": {...}}`` for a failure, see :func:`failed`), and the items of a
+``sign_batch`` result keep that form, one per item.
 """
 
 from __future__ import annotations
@@ -135,6 +145,30 @@ def error_from(detail: Mapping[str, Any]) -> TenantKeysError:
         provider=str(provider) if provider else None,
         provider_code=str(provider_code) if provider_code else None,
     )
+
+
+def job_failure(detail: Mapping[str, Any]) -> TenantKeysError:
+    """The exception a failed job ends with (Celery's FAILURE): the error's class, with the
+    arguments ``[one line, detail]`` that Celery stores as JSON and rebuilds the class from."""
+    error = error_from(detail)
+    error.detail = dict(detail)
+    error.args = (error.one_line(), error.detail)
+    return error
+
+
+def failure_detail(stored: object) -> Mapping[str, Any] | None:
+    """The detail of a failed job's stored exception: rebuilt by Celery, or as raw JSON.
+
+    ``None`` when the failure is not one of ours (a worker's own crash, a time limit).
+    """
+    if isinstance(stored, TenantKeysError):
+        return stored.detail
+    if isinstance(stored, Mapping):
+        arguments = stored.get("exc_message")
+        if isinstance(arguments, list) and len(arguments) == 2:
+            found = arguments[1]
+            return found if isinstance(found, Mapping) and "code" in found else None
+    return None
 
 
 def unwrap(envelope: object) -> Any:

@@ -84,7 +84,9 @@ def build_runtime(
     else:
         log.warning("Redis does not answer; running without the L2 cache and invalidations")
     l1: LocalKeyCache[UnlockedKey] = LocalKeyCache(
-        settings.cache_ttl_seconds, settings.cache_max_entries
+        settings.cache_ttl_seconds,
+        settings.cache_max_entries,
+        confirm_seconds=settings.key_confirm_seconds,
     )
     options = KeyServiceOptions(
         signing_algorithm=settings.signing_algorithm,
@@ -93,5 +95,6 @@ def build_runtime(
             "encryption": settings.rotation_days_encryption,
         },
         max_payload_bytes=settings.max_payload_bytes,
+        key_confirm_redis_down=settings.key_confirm_redis_down,
     )
     return Runtime(settings, KeyService(store, providers, l1, l2, options), client)

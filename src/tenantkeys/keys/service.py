@@ -17,16 +17,18 @@ from typing import Any
 import rfc8785
 
 from tenantkeys import signing, telemetry
+from tenantkeys.config.concerns import RedisDownPolicy
 from tenantkeys.errors import (
     ErrorCode,
     IntegrityError,
     InvalidRequest,
     KeyNotFound,
     KeyRevoked,
+    StoreUnavailable,
     VerificationError,
 )
 from tenantkeys.keys import encryption, material
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import DueConfirmation, LocalKeyCache, WrappedKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
@@ -66,6 +68,9 @@ class KeyServiceOptions:
     signing_algorithm: str = "EdDSA"
     rotation_days: dict[str, int] = field(default_factory=lambda: {"signing": 90, "encryption": 90})
     max_payload_bytes: int = 1_048_576
+    #: Redis down when a cached key's confirmation is due (the interval is the L1's own):
+    #: "availability" signs on with it, "safety" asks the key store or fails the signature.
+    key_confirm_redis_down: RedisDownPolicy = "availability"
 
 
 class KeyService:
@@ -144,10 +149,13 @@ class KeyService:
         validate_tenant_id(tenant_id)
         cache_key = (tenant_id, purpose.value, "active")
         found = self.l1.get(cache_key)
+        if found is not None and not self._still_active(tenant_id, purpose, found):
+            found = None
         telemetry.record_cache_lookup("l1", "hit" if found is not None else "miss")
         if found is not None:
             return found
         l1_generation = self.l1.generation(tenant_id, purpose.value)
+        read_at = self.l1.now()
         l2_generation = self.l2.generation(tenant_id, purpose.value) if self.l2 else None
         version = None
         if self.l2 is not None:
@@ -172,8 +180,67 @@ class KeyService:
         if from_store and self.l2 is not None:
             # Only a record that opened goes to L2: a bad row is never spread to other workers.
             self.l2.put_active(version, l2_generation)
-        self.l1.put(cache_key, unlocked, scope=(tenant_id, purpose.value), generation=l1_generation)
+        self.l1.put(
+            cache_key,
+            unlocked,
+            scope=(tenant_id, purpose.value),
+            generation=l1_generation,
+            redis_generation=l2_generation,
+            read_at=read_at,
+        )
         return unlocked
+
+    def _still_active(self, tenant_id: str, purpose: Purpose, cached: UnlockedKey) -> bool:
+        """Bounded revocation delay: is this L1 key still the active one? False drops it.
+
+        Checked at most once per ``l1.confirm_seconds`` per key, never per signature: one GET
+        of the Redis generation, which every rotation and revocation bumps, so a process that
+        missed the pub/sub invalidation stops using the old key within that interval.
+        """
+        due = self.l1.confirmation_due((tenant_id, purpose.value, "active"))
+        if due is None:
+            return True
+        current = self.l2.generation(tenant_id, purpose.value) if self.l2 is not None else None
+        if current is not None and current == due.redis_generation:
+            self.l1.confirm((tenant_id, purpose.value, "active"), due, current)
+            return True
+        if current is not None and due.redis_generation is not None:
+            log.info("a %s key's generation moved; its invalidation was missed", purpose.value)
+            self.l1.invalidate(tenant_id, purpose.value)
+            return False
+        if current is None and self.options.key_confirm_redis_down == "availability":
+            return True  # a missed revocation then lasts up to the L1 TTL (docs/reliability.md)
+        return self._active_in_store(tenant_id, purpose, cached, due, current)
+
+    def _active_in_store(
+        self,
+        tenant_id: str,
+        purpose: Purpose,
+        cached: UnlockedKey,
+        due: DueConfirmation,
+        current: str | None,
+    ) -> bool:
+        """Confirm a cached key with the key store (one SQL read, no KMS call).
+
+        For a key read while Redis was down (no generation to compare), and under "safety"
+        while Redis is down. If the store does not answer either, "availability" signs on and
+        "safety" drops the key and raises: an unconfirmed key never signs past the bound.
+        """
+        try:
+            active = self.store.active(tenant_id, purpose)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable) and self.options.key_confirm_redis_down == (
+                "availability"
+            ):
+                return True
+            self.l1.invalidate(tenant_id, purpose.value)
+            raise
+        if active is None or active.kid != cached.version.kid:
+            self.l1.invalidate(tenant_id, purpose.value)
+            return False
+        # Redis's generation was read before the store: a later rotation moves it past `current`.
+        self.l1.confirm((tenant_id, purpose.value, "active"), due, current)
+        return True
 
     def rotate(
         self,
@@ -259,7 +326,11 @@ class KeyService:
     def verify(
         self, tenant_id: str, payload: bytes | None, jws: str, *, canonical_json: bool = False
     ) -> Verification:
-        """Check ``jws`` against the tenant's active and retired keys; raise with the reason."""
+        """Check ``jws`` against the tenant's active and retired keys; raise with the reason.
+
+        Strict (docs/verifying.md): :func:`signing.parse_compact` refuses every JWS that is not
+        the one accepted spelling before any key is looked up.
+        """
         validate_tenant_id(tenant_id)
         parsed = signing.parse_compact(jws)
         claimed = parsed.header.get(signing.TENANT_HEADER)
@@ -277,7 +348,8 @@ class KeyService:
             if parsed.payload is not None and parsed.payload != data:
                 raise VerificationError("the JWS carries a different payload than the one given")
         kid = parsed.header["kid"]
-        version = self.store.by_kid(tenant_id, kid[:128])
+        # A kid is never cut to fit: a longer one names no key (kids are 43-character thumbprints).
+        version = self.store.by_kid(tenant_id, kid) if 0 < len(kid) <= 128 else None
         if version is None or version.purpose is not Purpose.SIGNING or version.public_key is None:
             raise VerificationError(
                 f"kid {kid[:64]!r} is not a signing key of tenant {tenant_id!r}",

@@ -42,7 +42,8 @@ def send_sign_jobs(client: SigningClient, tenants: list[str], count: int, tag: s
 
 
 def results(deployment: Deployment, job_ids: list[str]) -> dict[str, Any]:
-    """The stored envelope of each job that has one (Redis backend, read in one MGET)."""
+    """The final outcome of each job that has one (Redis backend, read in one MGET), as an
+    envelope: a FAILURE (rejected, dead-lettered) becomes ``{"ok": false, "error": detail}``."""
     client = redis.Redis.from_url(deployment.settings.effective_result_backend)
     try:
         keys = [f"{deployment.prefix}:celery-task-meta-{job_id}" for job_id in job_ids]
@@ -55,6 +56,9 @@ def results(deployment: Deployment, job_ids: list[str]) -> dict[str, Any]:
                     meta = json.loads(raw)
                     if meta.get("status") == "SUCCESS":
                         found[job_id] = meta.get("result")
+                    elif meta.get("status") == "FAILURE":  # a job's error, as any client reads it
+                        detail = jobs.failure_detail(meta.get("result"))
+                        found[job_id] = {"ok": False, "error": detail or meta.get("result")}
         return found
     finally:
         client.close()
