@@ -2,8 +2,9 @@
 
 kombu's Redis transport acks a message by removing it from the unacked index and hash
 (ZREM + HDEL) in a pipeline of its own, on the worker's consumer thread that feeds every pool
-process (its share in the profiles: docs/performance.md). :func:`acknowledge` sends those commands for every message of a
-batch in one pipeline and then marks each message and request acked, as ``Message.ack`` does.
+process (its share in the profiles: docs/performance.md). :func:`acknowledge` sends those
+commands for every message of a batch in one pipeline and then marks each message and request
+acked, as ``Message.ack`` does.
 Other transports (RabbitMQ acks are cheap) and any error take the per-request path, so a
 message is acked at most once and, with acks_late, never before its job ran.
 """
