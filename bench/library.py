@@ -18,9 +18,10 @@ from bench.env import BenchEnv
 from bench.harness import PAYLOAD, Mode, ScenarioResult, percentiles, rate_loop, thin, timed_calls
 from bench.pricing import kms_summary
 from tenantkeys.config import Settings
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.runtime import redis_client
 from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore

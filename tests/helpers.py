@@ -18,9 +18,10 @@ from cryptography.x509.oid import NameOID
 
 from tenantkeys.jobs.deadletters import ArgumentSealer, DeadLetterStore
 from tenantkeys.jobs.runner import JobRunner
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.service import KeyService, KeyServiceOptions, utcnow
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import Context, KmsProvider

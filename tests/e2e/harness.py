@@ -266,8 +266,12 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._connections += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Copy bytes both ways, each direction in a thread of its own."""
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:

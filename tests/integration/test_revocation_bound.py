@@ -18,10 +18,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tenantkeys.config.concerns import RedisDownPolicy
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.model import Purpose
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.runtime import REDIS_SOCKET_TIMEOUT
 from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore

@@ -66,7 +66,7 @@ def test_a_retired_or_foreign_purpose_record_in_the_active_slot_is_ignored(
     signing_key = f"{prefix}:key:alpha:signing:active"
     enc = setup.store.active("alpha", Purpose.ENCRYPTION)
     assert enc is not None
-    from tenantkeys.keys.cache import version_to_record
+    from tenantkeys.keys.redis_cache import version_to_record
 
     client.set(signing_key, json.dumps(version_to_record(enc)))  # encryption key as signing
     fresh = services()
@@ -190,8 +190,8 @@ def test_a_job_is_only_ever_signed_with_its_own_tenant_key(
 def test_cache_key_names_cannot_collide_across_tenants() -> None:
     """L2 key names embed the tenant id; only valid ids reach them, and valid ids cannot
     contain the ':' separator, so two (tenant, purpose) pairs never share a name."""
-    from tenantkeys.keys.cache import WrappedKeyCache
     from tenantkeys.keys.model import validate_tenant_id
+    from tenantkeys.keys.redis_cache import WrappedKeyCache
 
     cache = WrappedKeyCache.__new__(WrappedKeyCache)
     cache.prefix = "p"

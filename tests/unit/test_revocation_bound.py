@@ -21,10 +21,11 @@ import redis
 from tenantkeys.config import load_settings
 from tenantkeys.config.concerns import RedisDownPolicy
 from tenantkeys.errors import StoreUnavailable
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.model import Purpose
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.runtime import build_runtime
 from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore

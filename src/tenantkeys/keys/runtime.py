@@ -15,9 +15,10 @@ from redis.retry import Retry
 
 from tenantkeys import telemetry
 from tenantkeys.config import Settings
-from tenantkeys.keys.cache import LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet, check_providers
 from tenantkeys.keys.material import UnlockedKey
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.service import KeyService, KeyServiceOptions
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.providers import KmsProvider

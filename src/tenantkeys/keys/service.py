@@ -7,14 +7,11 @@ Every public method validates the tenant id first. Nothing here imports Celery.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import rfc8785
 
 from tenantkeys import signing, telemetry
 from tenantkeys.config.concerns import RedisDownPolicy
@@ -24,16 +21,17 @@ from tenantkeys.errors import (
     InvalidRequest,
     KeyNotFound,
     KeyRevoked,
-    StoreUnavailable,
     VerificationError,
 )
 from tenantkeys.keys import encryption, material
-from tenantkeys.keys.cache import DueConfirmation, LocalKeyCache, WrappedKeyCache
+from tenantkeys.keys.cache import LocalKeyCache
+from tenantkeys.keys.confirm import KeyConfirmer
 from tenantkeys.keys.kms import ProviderSet
 from tenantkeys.keys.material import UnlockedKey
 from tenantkeys.keys.model import KeyVersion, Purpose, Status, parse_purpose, validate_tenant_id
+from tenantkeys.keys.redis_cache import WrappedKeyCache
 from tenantkeys.keys.store import KeyStore
-from tenantkeys.signing import Signature
+from tenantkeys.signing import Signature, signing_input
 from tenantkeys.telemetry import tracing
 
 log = logging.getLogger(__name__)
@@ -92,30 +90,15 @@ class KeyService:
         self.options = options or KeyServiceOptions()
         self.clock = clock
         self._listener = l2.subscribe(self.l1.invalidate) if l2 is not None else None
+        self._confirmer = KeyConfirmer(l1, store, self.options.key_confirm_redis_down)
 
     # -- payloads ------------------------------------------------------------------------
 
     def check_payload(self, payload: object, *, canonical_json: bool = False) -> bytes:
         """Validate size and type, and canonicalize JSON (RFC 8785) when asked."""
-        if not isinstance(payload, bytes | bytearray | memoryview):
-            raise InvalidRequest("payload must be bytes", code=ErrorCode.INVALID_ARGUMENT)
-        data = bytes(payload)
-        limit = self.options.max_payload_bytes
-        if len(data) > limit:
-            raise InvalidRequest(
-                f"payload is {len(data)} bytes; the limit is {limit} "
-                "(TENANTKEYS_MAX_PAYLOAD_BYTES)",
-                code=ErrorCode.PAYLOAD_TOO_LARGE,
-            )
-        if canonical_json:
-            try:
-                data = rfc8785.dumps(json.loads(data))
-            except (ValueError, TypeError, rfc8785.CanonicalizationError) as exc:
-                raise InvalidRequest(
-                    f"payload is not JSON that RFC 8785 can canonicalize ({type(exc).__name__})",
-                    code=ErrorCode.INVALID_JSON,
-                ) from None
-        return data
+        return signing_input(
+            payload, max_bytes=self.options.max_payload_bytes, canonical_json=canonical_json
+        )
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -149,7 +132,9 @@ class KeyService:
         validate_tenant_id(tenant_id)
         cache_key = (tenant_id, purpose.value, "active")
         found = self.l1.get(cache_key)
-        if found is not None and not self._still_active(tenant_id, purpose, found):
+        if found is not None and not self._confirmer.still_active(
+            self.l2, tenant_id, purpose, found
+        ):
             found = None
         telemetry.record_cache_lookup("l1", "hit" if found is not None else "miss")
         if found is not None:
@@ -189,58 +174,6 @@ class KeyService:
             read_at=read_at,
         )
         return unlocked
-
-    def _still_active(self, tenant_id: str, purpose: Purpose, cached: UnlockedKey) -> bool:
-        """Bounded revocation delay: is this L1 key still the active one? False drops it.
-
-        Checked at most once per ``l1.confirm_seconds`` per key, never per signature: one GET
-        of the Redis generation, which every rotation and revocation bumps, so a process that
-        missed the pub/sub invalidation stops using the old key within that interval.
-        """
-        due = self.l1.confirmation_due((tenant_id, purpose.value, "active"))
-        if due is None:
-            return True
-        current = self.l2.generation(tenant_id, purpose.value) if self.l2 is not None else None
-        if current is not None and current == due.redis_generation:
-            self.l1.confirm((tenant_id, purpose.value, "active"), due, current)
-            return True
-        if current is not None and due.redis_generation is not None:
-            log.info("a %s key's generation moved; its invalidation was missed", purpose.value)
-            self.l1.invalidate(tenant_id, purpose.value)
-            return False
-        if current is None and self.options.key_confirm_redis_down == "availability":
-            return True  # a missed revocation then lasts up to the L1 TTL (docs/reliability.md)
-        return self._active_in_store(tenant_id, purpose, cached, due, current)
-
-    def _active_in_store(
-        self,
-        tenant_id: str,
-        purpose: Purpose,
-        cached: UnlockedKey,
-        due: DueConfirmation,
-        current: str | None,
-    ) -> bool:
-        """Confirm a cached key with the key store (one SQL read, no KMS call).
-
-        For a key read while Redis was down (no generation to compare), and under "safety"
-        while Redis is down. If the store does not answer either, "availability" signs on and
-        "safety" drops the key and raises: an unconfirmed key never signs past the bound.
-        """
-        try:
-            active = self.store.active(tenant_id, purpose)
-        except Exception as exc:
-            if isinstance(exc, StoreUnavailable) and self.options.key_confirm_redis_down == (
-                "availability"
-            ):
-                return True
-            self.l1.invalidate(tenant_id, purpose.value)
-            raise
-        if active is None or active.kid != cached.version.kid:
-            self.l1.invalidate(tenant_id, purpose.value)
-            return False
-        # Redis's generation was read before the store: a later rotation moves it past `current`.
-        self.l1.confirm((tenant_id, purpose.value, "active"), due, current)
-        return True
 
     def rotate(
         self,

@@ -30,21 +30,9 @@ class SlowProxy(TcpProxy):
         super().__init__(target_port)
         self.delay = 0.0
 
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._connections += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, 0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, 1), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        threading.Thread(target=self._pump, args=(client, upstream, 0), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, 1), daemon=True).start()
 
     def _pump(self, source: socket.socket, sink: socket.socket, answers: int) -> None:
         try:

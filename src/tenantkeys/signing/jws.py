@@ -1,0 +1,274 @@
+"""Making JWS: keys (Ed25519, P-256), RFC 7638 thumbprints, compact JWS (RFC 7515, RFC 8037
+EdDSA, ES256 low-S only), canonical base64url, and the JWKS that verifies them.
+
+Pure functions over key objects: no storage, no KMS. The KeyService finds keys; this module
+turns them into compact JWS strings any JOSE library verifies with the tenant's JWKS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+)
+
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+
+ALGORITHMS = ("EdDSA", "ES256")
+#: Protected-header member that names the tenant; checked on verification.
+TENANT_HEADER = "tenant_id"
+#: The longest compact JWS :func:`parse_compact` reads.
+MAX_JWS_CHARS = 16 * 1024 * 1024
+P256_BYTES = 32
+#: Order of the P-256 group: an ES256 ``s`` above half of it is the high-S twin of ``n - s``.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: Order of the Ed25519 base point: RFC 8032 section 5.1.7 rejects an ``S`` at or above it.
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+SIGNATURE_BYTES = 64
+#: Public key length per algorithm: raw Ed25519, uncompressed P-256 point (0x04 || x || y).
+PUBLIC_KEY_BYTES = {"EdDSA": 32, "ES256": 1 + 2 * P256_BYTES}
+KEY_TYPES = {"EdDSA": "an Ed25519 (OKP)", "ES256": "a P-256 (EC)"}
+#: Header parameters RFC 7515 section 4.1 defines; section 4.1.11 forbids them in ``crit``.
+RFC7515_HEADERS = frozenset(
+    {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
+)
+B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+NOT_B64URL = re.compile(r"[^A-Za-z0-9_-]")
+#: Bits of the last character that carry no data, by ``len(text) % 4``.
+UNUSED_BITS = {2: 0b1111, 3: 0b11}
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_defect(text: str) -> str | None:
+    """Why ``text`` is not the canonical unpadded base64url of some bytes, or ``None``.
+
+    Canonical (RFC 7515 section 2, RFC 4648 section 3.5): only ``A-Z a-z 0-9 - _``; no
+    padding, whitespace or line breaks; a length that is not 1 mod 4; and zero unused bits in
+    the last character. Each byte string then has exactly one spelling.
+    """
+    outside = NOT_B64URL.search(text)
+    if outside is not None:
+        return (
+            f"character {outside.group()!r} at offset {outside.start()} is outside "
+            "A-Z a-z 0-9 - _ (no padding, whitespace or +/)"
+        )
+    remainder = len(text) % 4
+    if remainder == 1:
+        return f"its length {len(text)} is 1 mod 4, which no byte string encodes to"
+    if remainder and B64URL_ALPHABET.index(text[-1]) & UNUSED_BITS[remainder]:
+        return "its last character sets unused bits (another spelling of the same bytes)"
+    return None
+
+
+def b64url_decode(
+    text: str, *, code: ErrorCode = ErrorCode.INVALID_ENCODING, what: str = "value"
+) -> bytes:
+    """Decode canonical unpadded base64url (see :func:`b64url_defect`); raise ``code`` if not."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{what} must be a base64url string", code=code)
+    defect = b64url_defect(text)
+    if defect is not None:
+        raise InvalidRequest(f"{what} is not canonical base64url: {defect}", code=code)
+    # Only alphabet characters and a valid length remain, so decoding cannot fail or skip any.
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A detached JWS and its facts: the result of a sign job, what ``tenantkeys sign`` prints."""
+
+    jws: str
+    kid: str
+    tenant_id: str
+    alg: str
+    payload_sha256: str
+    signed_at: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "jws": self.jws,
+            "kid": self.kid,
+            "tenant_id": self.tenant_id,
+            "alg": self.alg,
+            "payload_sha256": self.payload_sha256,
+            "signed_at": self.signed_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
+        """The signature a job result holds; ``TK-INTERNAL`` when a field is missing."""
+        try:
+            return cls(**{name: str(data[name]) for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError):
+            raise TenantKeysError("a signing job returned no signature") from None
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    """A private signing key in memory. ``repr`` shows the kid, never the key."""
+
+    algorithm: str
+    private_key: PrivateKey = field(repr=False)
+    public_bytes: bytes = field(repr=False)
+
+    @property
+    def kid(self) -> str:
+        return thumbprint(public_jwk(self.algorithm, self.public_bytes))
+
+    def __repr__(self) -> str:
+        return f"KeyMaterial(algorithm={self.algorithm!r}, kid={self.kid!r})"
+
+
+def generate(algorithm: str) -> tuple[KeyMaterial, bytearray]:
+    """A new key and its secret bytes (seed or scalar) for sealing; wipe the bytes after."""
+    if algorithm == "EdDSA":
+        return _from_secret_checked(algorithm, ed25519.Ed25519PrivateKey.generate())
+    if algorithm == "ES256":
+        return _from_secret_checked(algorithm, ec.generate_private_key(ec.SECP256R1()))
+    raise InvalidRequest(f"unsupported signing algorithm {algorithm!r}; use one of {ALGORITHMS}")
+
+
+def _from_secret_checked(algorithm: str, key: PrivateKey) -> tuple[KeyMaterial, bytearray]:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        secret = bytearray(
+            key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+        )
+    else:
+        secret = bytearray(key.private_numbers().private_value.to_bytes(P256_BYTES, "big"))
+    return KeyMaterial(algorithm, key, _public_bytes(key.public_key())), secret
+
+
+def load(algorithm: str, secret: bytes | bytearray) -> KeyMaterial:
+    """Rebuild a key from the secret bytes :func:`generate` returned."""
+    key: PrivateKey
+    if algorithm == "EdDSA":
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(secret))
+    elif algorithm == "ES256":
+        key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
+    else:
+        raise InvalidRequest(f"unsupported signing algorithm {algorithm!r}")
+    return KeyMaterial(algorithm, key, _public_bytes(key.public_key()))
+
+
+def _public_bytes(public: PublicKey) -> bytes:
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return public.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+def public_jwk(algorithm: str, public_bytes: bytes) -> dict[str, str]:
+    """The public JWK (required members only, as RFC 7638 hashes them)."""
+    if algorithm == "EdDSA":
+        return {"crv": "Ed25519", "kty": "OKP", "x": b64url(public_bytes)}
+    x, y = public_bytes[1 : 1 + P256_BYTES], public_bytes[1 + P256_BYTES :]
+    return {"crv": "P-256", "kty": "EC", "x": b64url(x), "y": b64url(y)}
+
+
+def thumbprint(jwk: Mapping[str, str]) -> str:
+    """RFC 7638 SHA-256 thumbprint of a public JWK: the kid of every signing key."""
+    required = ("crv", "kty", "x") if jwk["kty"] == "OKP" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({k: jwk[k] for k in required}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def encode_protected(header: Mapping[str, Any]) -> str:
+    """The base64url protected header, members in the order given (RFC 8037 vectors need it)."""
+    return b64url(json.dumps(dict(header), separators=(",", ":")).encode())
+
+
+def sign_compact(
+    key: KeyMaterial, header: Mapping[str, Any], payload: bytes, *, detached: bool = True
+) -> str:
+    """A compact JWS over ``payload``; detached (``h..s``, RFC 7515 appendix F) by default."""
+    return sign_encoded(key, encode_protected(header), payload, detached=detached)
+
+
+def sign_encoded(key: KeyMaterial, protected: str, payload: bytes, *, detached: bool = True) -> str:
+    """:func:`sign_compact` with the header already encoded (callers cache it per key)."""
+    encoded_payload = b64url(payload)
+    signing_input = f"{protected}.{encoded_payload}".encode("ascii")
+    if isinstance(key.private_key, ed25519.Ed25519PrivateKey):
+        signature = key.private_key.sign(signing_input)
+    else:
+        # ES256 is randomized; only EdDSA gives the same JWS for a redelivered job.
+        der = key.private_key.sign(signing_input, ec.ECDSA(sha256_hash()))
+        r, s = decode_dss_signature(der)
+        # Low-S only (s <= n/2): (r, n - s) verifies too, and one signature must have one JWS.
+        s = min(s, P256_N - s)
+        signature = r.to_bytes(P256_BYTES, "big") + s.to_bytes(P256_BYTES, "big")
+    return f"{protected}.{'' if detached else encoded_payload}.{b64url(signature)}"
+
+
+def jwks(entries: Iterable[tuple[str, bytes, str, str]]) -> dict[str, Any]:
+    """A JWKS from ``(algorithm, public_bytes, kid, status)`` entries.
+
+    Active and retired keys go in ``keys`` (with a ``status`` member); revoked kids are listed
+    in a separate top-level ``revoked`` array, so standard JOSE libraries never verify with them.
+    """
+    keys: list[dict[str, str]] = []
+    revoked: list[dict[str, str]] = []
+    for algorithm, public_bytes, kid, status in entries:
+        if status == "revoked":
+            revoked.append({"kid": kid, "status": status})
+            continue
+        keys.append(
+            {
+                **public_jwk(algorithm, public_bytes),
+                "kid": kid,
+                "alg": algorithm,
+                "use": "sig",
+                "status": status,
+            }
+        )
+    return {"keys": keys, "revoked": revoked}
+
+
+def sha256_hash() -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()
+
+
+def signing_input(payload: object, *, max_bytes: int, canonical_json: bool = False) -> bytes:
+    """The bytes to sign: ``payload`` checked for type and size, in RFC 8785 canonical form
+    when ``canonical_json`` (so re-serialising the JSON does not break verification)."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise InvalidRequest("payload must be bytes", code=ErrorCode.INVALID_ARGUMENT)
+    data = bytes(payload)
+    if len(data) > max_bytes:
+        raise InvalidRequest(
+            f"payload is {len(data)} bytes; the limit is {max_bytes} "
+            "(TENANTKEYS_MAX_PAYLOAD_BYTES)",
+            code=ErrorCode.PAYLOAD_TOO_LARGE,
+        )
+    if canonical_json:
+        try:
+            data = rfc8785.dumps(json.loads(data))
+        except (ValueError, TypeError, rfc8785.CanonicalizationError) as exc:
+            raise InvalidRequest(
+                f"payload is not JSON that RFC 8785 can canonicalize ({type(exc).__name__})",
+                code=ErrorCode.INVALID_JSON,
+            ) from None
+    return data
