@@ -1,36 +1,55 @@
-"""Workers SIGKILLed in the middle of signing batches, three times in a row."""
+"""A worker SIGKILLed in the middle of signing batches, three times in a row.
+
+Each kill is triggered by observed work, not by a timer: one worker runs at a time, a burst of
+jobs is published, and the worker is killed as soon as it holds jobs it has not finished
+(published, without a result, and not waiting in the queue: prefetched or inside a batch).
+The count is a lower bound (the queue depth is read before the results), and a kill that
+caught no job fails the run as void: a fault that touched nothing proves nothing.
+"""
 
 from __future__ import annotations
 
-import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tenantkeys import jobs
+from tenantkeys.client import SigningClient
+from tenantkeys.queue.broker import BrokerProbe
 from tests.conftest import port_open, service_missing
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
 from tests.e2e.faults.deployment import cleanup_prefix, fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.report import FaultRecord
-from tests.e2e.faults.sending import Job, results, send_sign_jobs
-from tests.e2e.harness import Deployment, rabbitmq_vhost
+from tests.e2e.faults.sending import Job, distinctive_payload, results
+from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
 
 pytestmark = pytest.mark.e2e
 
 KILLS = 3
-JOBS = 900
-#: The sender spreads the jobs over about this many seconds; a kill every KILL_EVERY_SECONDS.
-SEND_SECONDS, KILL_EVERY_SECONDS = 9.0, 2.0
+#: Jobs published before each kill: several times the worker's prefetch, so it holds some.
+BURST = 300
 TENANTS = ["k1", "k2", "k3", "k4"]
 
 
-def _send_steadily(deployment: Deployment, sent: list[Job]) -> None:
-    with deployment.client() as client:
-        for i in range(JOBS // 10):
-            sent += send_sign_jobs(client, TENANTS, 10, f"kill-{i}")
-            time.sleep(SEND_SECONDS / (JOBS // 10))
+def _burst(client: SigningClient, tag: str) -> list[Job]:
+    """BURST jobs published together (pipelined), so the worker falls behind for a moment."""
+    made = [
+        Job(str(uuid.uuid4()), TENANTS[i % len(TENANTS)], distinctive_payload(f"{tag}-{i}"))
+        for i in range(BURST)
+    ]
+    client.submit_many([(j.tenant, j.payload) for j in made], job_ids=[j.job_id for j in made])
+    return made
+
+
+def _held_by_the_worker(deployment: Deployment, probe: BrokerProbe, sent: list[Job]) -> int:
+    """A lower bound of the jobs the one running worker holds unfinished right now."""
+    waiting = probe.queue_depths()[jobs.SIGN_QUEUE]  # read first: it only shrinks meanwhile
+    done = len(results(deployment, [job.job_id for job in sent]))
+    return max(0, len(sent) - done - waiting)
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -57,28 +76,31 @@ def test_workers_sigkilled_during_batches_lose_nothing(
         "redis" if deployment.settings.effective_broker_url.startswith("redis") else "rabbitmq"
     )
     settings = deployment.settings
+    probe = BrokerProbe.from_settings(settings)
     with ResultTap(settings.effective_result_backend, deployment.prefix) as tap:
-        workers = [deployment.worker("w0"), deployment.worker("w1")]
+        worker = deployment.worker("w0")
         with EventCapture(deployment) as events, deployment.client() as client:
             for tenant in TENANTS:
                 client.create_keys(tenant, ["signing"], timeout=60)
             sent: list[Job] = []
-            # One thread sends jobs at a steady pace while this one kills workers: every kill
-            # lands while jobs are queued, prefetched and inside signing batches.
-            sender = threading.Thread(target=_send_steadily, args=(deployment, sent))
+            caught: list[int] = []
             fault_started = time.monotonic()
-            sender.start()
             for kill in range(KILLS):
-                time.sleep(KILL_EVERY_SECONDS)
-                ids = [job.job_id for job in list(sent)]
-                pending = len(ids) - len(results(deployment, ids))
-                record.notes.append(
-                    f"kill {kill + 1}: {pending} of {len(ids)} jobs sent unfinished"
+                sent.extend(_burst(client, f"kill-{kill}"))
+                # Kill as soon as the worker holds jobs it has not finished, never on a timer.
+                held = wait_for(
+                    lambda jobs_sent=sent: _held_by_the_worker(deployment, probe, jobs_sent),
+                    30,
+                    "the worker to hold unfinished jobs",
+                    0.005,
                 )
-                victim = workers.pop(0)
-                deployment.kill(victim)  # SIGKILL to the whole group: parent and pool
-                workers.append(deployment.worker(f"w{kill + 2}"))
-            sender.join(60)
+                deployment.kill(worker)  # SIGKILL to the whole group: parent and pool
+                caught.append(held)
+                record.notes.append(
+                    f"kill {kill + 1}: the worker held at least {held} unfinished job(s) of "
+                    f"{len(sent)} sent"
+                )
+                worker = deployment.worker(f"w{kill + 1}")
             record.fault_seconds = time.monotonic() - fault_started
             recovery_started = time.monotonic()
             # Redis re-delivers a dead worker's unacked jobs after the visibility timeout.
@@ -94,7 +116,9 @@ def test_workers_sigkilled_during_batches_lose_nothing(
             results=tap.raw,
             events=events.events,
         )
+    probe.close()
+    assert all(held > 0 for held in caught), f"void run: a kill caught no job ({caught})"
     assert record.lost == 0 and record.duplicated == 0, record
+    assert record.resent == 0, record  # every job came back through the broker, none re-sent
     assert record.signed == len(sent), record
-    for worker in workers:
-        assert worker.poll() is None, "a surviving worker exited"
+    assert worker.poll() is None, "the last worker exited"
