@@ -40,7 +40,7 @@ def _exec_celery(argv: list[str], env: dict[str, str] | None = None) -> None:
     """
     settings()
     command = [sys.executable, "-m", "celery", "-A", WORKER_APP, *argv]
-    os.execve(sys.executable, command, env if env is not None else dict(os.environ))  # noqa: S606
+    os.execve(sys.executable, command, env if env is not None else environment_with())  # noqa: S606
 
 
 @click.command("worker")
@@ -152,7 +152,7 @@ def flower_command(port: int, address: str) -> None:
             code=ErrorCode.CONFIG_MISSING_SETTING,
         )
     ports.require_free(ports.flower(port, address))
-    env = dict(os.environ)
+    env = environment_with()
     if credentials is not None:
         # Flower reads FLOWER_* variables; never on its command line, where `ps` would show it.
         env["FLOWER_BASIC_AUTH"] = credentials.get_secret_value()
