@@ -129,8 +129,9 @@ class Deployment:
         queues: str = "tenantkeys.sign,tenantkeys.keys,tenantkeys.maintenance",
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
+        wait_ready: bool = True,
     ) -> subprocess.Popen[bytes]:
-        """A real ``celery worker`` process; returns once it is ready."""
+        """A real ``celery worker`` process; returns once it is ready (or at once)."""
         log_path = self.tmp / f"{name}.log"
         start = log_path.stat().st_size if log_path.exists() else 0
         process = self.spawn(
@@ -161,7 +162,8 @@ class Deployment:
                 raise AssertionError(f"worker {name} exited: {self.log(name)[-3000:]}")
             return "ready." in log_path.read_text(errors="replace")[start:]
 
-        wait_for(ready, 60, f"worker {name} to be ready", 0.2)
+        if wait_ready:
+            wait_for(ready, 60, f"worker {name} to be ready", 0.2)
         return process
 
     def beat(self, name: str) -> subprocess.Popen[bytes]:

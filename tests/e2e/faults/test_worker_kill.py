@@ -1,14 +1,17 @@
 """A worker SIGKILLed in the middle of signing batches, three times in a row.
 
-Each kill is triggered by observed work, not by a timer: one worker runs at a time, a burst of
-jobs is published, and the worker is killed as soon as it holds jobs it has not finished
-(published, without a result, and not waiting in the queue: prefetched or inside a batch).
+Each kill is triggered by observed work, not by a timer: a burst of jobs is published while no
+worker consumes, one worker is started against that backlog, and it is killed as soon as it holds
+jobs it has not finished (published, without a result, and not waiting in the queue: prefetched or
+inside a batch). Publishing first matters: a worker that keeps up with the publisher can finish a
+burst before anyone looks, and a kill after that catches nothing (seen in CI on RabbitMQ).
 The count is a lower bound (the queue depth is read before the results), and a kill that
 caught no job fails the run as void: a fault that touched nothing proves nothing.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,8 +33,9 @@ from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
 pytestmark = pytest.mark.e2e
 
 KILLS = 3
-#: Jobs published before each kill: several times the worker's prefetch, so it holds some.
-BURST = 300
+#: Jobs published before each kill: several times the worker's prefetch (64 x 2), so the
+#: worker holds some while the rest still wait.
+BURST = 600
 TENANTS = ["k1", "k2", "k3", "k4"]
 
 
@@ -78,19 +82,21 @@ def test_workers_sigkilled_during_batches_lose_nothing(
     settings = deployment.settings
     probe = BrokerProbe.from_settings(settings)
     with ResultTap(settings.effective_result_backend, deployment.prefix) as tap:
-        worker = deployment.worker("w0")
         with EventCapture(deployment) as events, deployment.client() as client:
+            setup = deployment.worker("setup")
             for tenant in TENANTS:
                 client.create_keys(tenant, ["signing"], timeout=60)
+            deployment.kill(setup, signal.SIGTERM)  # warm shutdown: it held no signing job
             sent: list[Job] = []
             caught: list[int] = []
             fault_started = time.monotonic()
             for kill in range(KILLS):
-                sent.extend(_burst(client, f"kill-{kill}"))
+                sent.extend(_burst(client, f"kill-{kill}"))  # a backlog: no worker consumes
+                worker = deployment.worker(f"w{kill}", wait_ready=False)
                 # Kill as soon as the worker holds jobs it has not finished, never on a timer.
                 held = wait_for(
                     lambda jobs_sent=sent: _held_by_the_worker(deployment, probe, jobs_sent),
-                    30,
+                    60,
                     "the worker to hold unfinished jobs",
                     0.005,
                 )
@@ -100,7 +106,7 @@ def test_workers_sigkilled_during_batches_lose_nothing(
                     f"kill {kill + 1}: the worker held at least {held} unfinished job(s) of "
                     f"{len(sent)} sent"
                 )
-                worker = deployment.worker(f"w{kill + 1}")
+            worker = deployment.worker("drain")
             record.fault_seconds = time.monotonic() - fault_started
             recovery_started = time.monotonic()
             # Redis re-delivers a dead worker's unacked jobs after the visibility timeout.
