@@ -86,7 +86,7 @@ def test_metric_name_parser_finds_names_and_skips_promql_words() -> None:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        service_missing("promtool (scripts/install-promtool)")
+        service_missing("promtool (scripts/install-test-servers)")
     assert path is not None
     return path
 
