@@ -3,8 +3,8 @@
 "Stopped" is the proxy refusing connections and cutting the open ones: to the workers that is
 a KMS process gone from its port. moto itself keeps running behind it because it holds its keys
 in memory only (a real restart would lose the master key the stored keys are wrapped under).
-``KMS_OUTAGE_SECONDS`` is shorter than the issue's 60 s to keep the suite's time budget; set
-``TK_FAULT_KMS_OUTAGE_SECONDS=60`` for the full-length run (the assertions do not change).
+``KMS_OUTAGE_SECONDS`` is the full 60 s the reliability issue asks for; set
+``TK_FAULT_KMS_OUTAGE_SECONDS`` lower for a quick local run (the assertions do not change).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.e2e.harness import Deployment, TcpProxy, wait_for
 pytestmark = pytest.mark.e2e
 moto_kms = pytest.importorskip("tenantkeys.testing.moto_kms")
 
-KMS_OUTAGE_SECONDS = float(os.environ.get("TK_FAULT_KMS_OUTAGE_SECONDS", "15"))
+KMS_OUTAGE_SECONDS = float(os.environ.get("TK_FAULT_KMS_OUTAGE_SECONDS", "60"))
 AWS_ROOT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 CACHED, UNCACHED = ["c1", "c2"], ["u1", "u2", "u3"]
 

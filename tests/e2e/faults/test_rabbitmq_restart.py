@@ -52,8 +52,9 @@ def test_rabbitmq_restarted_with_durable_queues(
                 sent = send_sign_jobs(client, tenants, 300, "amqp")
                 ids = [job.job_id for job in sent]
                 wait_for(lambda: len(results(deployment, ids)) >= 20, 60, "the first results")
-            done_before = len(results(deployment, ids))
             rabbitmq.stop()
+            # Read after the stop: a job without a result now had none when the node went away.
+            done_before = len(results(deployment, ids))
             outage_started = time.monotonic()
             time.sleep(2)
             rabbitmq.start()
@@ -80,5 +81,7 @@ def test_rabbitmq_restarted_with_durable_queues(
             )
     finally:
         deployment.stop()
+    # The restart must have met jobs still queued or in flight, or this run proves nothing.
+    assert done_before < len(ids), "void run: every job was done before the node stopped"
     assert record.lost == 0 and record.duplicated == 0, record
     assert record.signed == len(sent), record
