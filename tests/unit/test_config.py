@@ -186,9 +186,10 @@ def test_config_imports_no_provider() -> None:
     for source in package.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tenantkeys"):
-                assert node.module in ("tenantkeys.errors", "tenantkeys.config.concerns"), (
+                module = node.module or ""
+                assert module == "tenantkeys.errors" or module.startswith("tenantkeys.config."), (
                     source.name,
-                    node.module,
+                    module,
                 )
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("tenantkeys") for a in node.names), source.name
@@ -254,3 +255,119 @@ def test_kms_prices_are_validated_and_parsed(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigurationError) as err:
         load_settings()
     assert "TENANTKEYS_KMS_PRICES_USD" in err.value.message and "hsm" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TENANTKEYS_REDIS_URL", "rediss://user:pw@cache.example:6380/3"),
+        ("TENANTKEYS_REDIS_URL", "unix:///run/redis.sock"),
+        ("TENANTKEYS_REDIS_URL", "redis://127.0.0.1"),
+        ("TENANTKEYS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        ("TENANTKEYS_BROKER_URL", "amqps://mq.example/vhost"),
+        ("TENANTKEYS_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
+        ("TENANTKEYS_DATABASE_URL", "postgresql+psycopg://svc@db:5432/keys"),
+        ("TENANTKEYS_DATABASE_URL", "postgresql+psycopg:///keys"),  # libpq's socket
+        ("TENANTKEYS_DATABASE_URL", "sqlite:///relative/keys.db"),
+        ("TENANTKEYS_DATABASE_URL", "sqlite://"),
+    ],
+)
+def test_working_urls_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("TENANTKEYS_REDIS_URL", "127.0.0.1:6379", "has no scheme"),
+        ("TENANTKEYS_REDIS_URL", "amqp://127.0.0.1", "'amqp' is not one of redis, rediss, unix"),
+        ("TENANTKEYS_REDIS_URL", "redis://:pw@127.0.0.1:6379/x", "database 'x'"),
+        ("TENANTKEYS_REDIS_URL", "redis://127.0.0.1:0/0", "port"),
+        ("TENANTKEYS_BROKER_URL", "kafka://127.0.0.1", "'kafka'"),
+        ("TENANTKEYS_RESULT_BACKEND", "amqp://127.0.0.1", "'amqp'"),
+        ("TENANTKEYS_DATABASE_URL", "mysql://root@db/keys", "'mysql'"),
+    ],
+)
+def test_broken_urls_fail_at_load_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as err:
+        load_settings()
+    assert err.value.code == ErrorCode.CONFIG_INVALID
+    assert variable in err.value.message and says in err.value.message
+    assert ":pw@" not in err.value.message
+
+
+def test_masked_url_hides_only_the_password() -> None:
+    from tenantkeys.config import masked_url
+
+    assert masked_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert masked_url("amqp://guest:pw@h:5672//") == "amqp://guest:***@h:5672//"
+    assert masked_url("redis://token@h/0") == "redis://***@h/0"
+    # A failover list is masked URL by URL (the quorum-queue cluster URLs).
+    assert masked_url("amqp://u:one@n1//;amqp://u:two@n2//") == "amqp://u:***@n1//;amqp://u:***@n2//"
+    assert masked_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert masked_url("sqlite:////a@b/keys.db") == "sqlite:////a@b/keys.db"  # '@' in a path
+
+
+def test_the_data_dir_is_found_upward_and_anchors_the_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".tenantkeys").mkdir()
+    deeper = tmp_path / "a" / "b"
+    deeper.mkdir(parents=True)
+    monkeypatch.chdir(deeper)
+    settings = load_settings()
+    data_dir = tmp_path / ".tenantkeys"
+    assert settings.data_dir == data_dir
+    assert settings.database_url == f"sqlite:///{data_dir}/keys.db"
+    assert settings.dead_letter_key_file == data_dir / "deadletter.key"
+    assert settings.provider_values("local")["master_key_file"] == data_dir / "master.key"
+
+
+def test_a_set_data_dir_anchors_the_files_and_set_files_win(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TENANTKEYS_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TENANTKEYS_LOCAL_MASTER_KEY_FILE", str(tmp_path / "mk"))
+    settings = load_settings()
+    assert settings.database_url == f"sqlite:///{tmp_path}/state/keys.db"
+    assert settings.provider_values("local")["master_key_file"] == str(tmp_path / "mk")
+    assert not (tmp_path / "state").exists()  # loading settings creates nothing
+
+
+def test_an_unusable_prometheus_multiproc_dir_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tenantkeys.config import check_prometheus_multiproc_dir
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "file" / "metrics"))
+    with pytest.raises(ConfigurationError) as err:
+        check_prometheus_multiproc_dir()
+    assert "PROMETHEUS_MULTIPROC_DIR" in err.value.message
+    assert "cannot be created" in err.value.message
+    with pytest.raises(ConfigurationError):
+        load_settings()  # the setting itself is checked the same way
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "new" / "metrics"))
+    load_settings()  # one the worker can make is fine
+    check_prometheus_multiproc_dir()
+    assert (tmp_path / "new" / "metrics").is_dir()
+
+
+def test_a_subdirectory_reads_the_deployments_env_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".tenantkeys").mkdir()
+    (tmp_path / ".env").write_text("TENANTKEYS_REDIS_PREFIX=deployment\nTENANTKEYS_RETRY_MAX=7\n")
+    deeper = tmp_path / "src"
+    deeper.mkdir()
+    monkeypatch.chdir(deeper)
+    assert load_settings().redis_prefix == "deployment"
+    (deeper / ".env").write_text("TENANTKEYS_REDIS_PREFIX=here\n")
+    settings = load_settings()
+    assert (settings.redis_prefix, settings.retry_max) == ("here", 7)  # the nearer one wins

@@ -13,15 +13,17 @@ from typing import Any
 
 import click
 
+from tenantkeys.config import check_prometheus_multiproc_dir
 from tenantkeys.errors import ErrorCode, TenantKeysError, doc_link
 
 #: command name -> "module:attribute" (a click command or group).
 COMMANDS = {
-    "config": "tenantkeys.cli.keys:config_group",
+    "config": "tenantkeys.cli.settings_report:config_group",
     "keys": "tenantkeys.cli.keys:keys_group",
     "sign": "tenantkeys.cli.signing:sign_command",
     "verify": "tenantkeys.cli.signing:verify_command",
     "jwks": "tenantkeys.cli.signing:jwks_command",
+    "job": "tenantkeys.cli.jobs:job_group",
     "demo": "tenantkeys.cli.processes:demo_command",
     "dev": "tenantkeys.cli.processes:dev_command",
     "worker": "tenantkeys.cli.processes:worker_command",
@@ -61,6 +63,18 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(module, attribute)
         return command
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand; a Redis or broker failure becomes our code, naming its URL."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from tenantkeys.cli.context import explain_failure, loaded_settings
+
+            explained = explain_failure(exc, loaded_settings(ctx))
+            if explained is None:
+                raise
+            raise explained from exc
+
 
 @click.group(cls=LazyGroup)
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
@@ -80,7 +94,10 @@ def fail(error: TenantKeysError) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: every failure is one line with a stable code, never a traceback."""
     args = sys.argv[1:] if argv is None else argv
+    usage = f"(see {doc_link(ErrorCode.INVALID_ARGUMENT)})"
     try:
+        # prometheus-client reads it at import, before any settings: check it first.
+        check_prometheus_multiproc_dir()
         return cli.main(args=args, prog_name="tenantkeys", standalone_mode=False)
     except TenantKeysError as exc:
         fail(exc)
@@ -88,13 +105,14 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:
-        hint = (
-            f" (try: tenantkeys {exc.ctx.command_path.partition(' ')[2]} --help)" if exc.ctx else ""
-        )
-        click.echo(f"{ErrorCode.INVALID_ARGUMENT}: {exc.format_message()}{hint}", err=True)
+        path = exc.ctx.command_path.partition(" ")[2] if exc.ctx else ""
+        hint = f" (try: tenantkeys {path} --help)" if path else " (try: tenantkeys --help)"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"{ErrorCode.INVALID_ARGUMENT}: {message}{hint} {usage}", err=True)
         sys.exit(EXIT_ERROR)
     except click.ClickException as exc:
-        click.echo(f"{ErrorCode.INVALID_ARGUMENT}: {exc.format_message()}", err=True)
+        message = " ".join(exc.format_message().split())
+        click.echo(f"{ErrorCode.INVALID_ARGUMENT}: {message} {usage}", err=True)
         sys.exit(EXIT_ERROR)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -39,7 +39,8 @@ def validate_command() -> None:
 
 @admin_group.command("status")
 def status_command() -> None:
-    """Provider, cache hit rate, KMS calls, last sweep, rotations, dead letters, breaker."""
+    """Provider, the fleet's cache hit rate and KMS calls, last sweep, rotations, dead
+    letters, breaker."""
     from tenantkeys.admin.status import collect_status
 
     emit(collect_status(runtime()))

@@ -1,4 +1,8 @@
-"""``tenantkeys config check`` and ``tenantkeys keys create|list|rotate|revoke|rewrap``."""
+"""``tenantkeys keys create|list|rotate|revoke|invalidate|rewrap``.
+
+Only ``create`` may start a new key store; the others work on the store the one-key-store
+rule finds (README, "Where the keys live"), or say where they looked.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +10,54 @@ import sys
 
 import click
 
+from tenantkeys.cli import EXIT_ERROR
 from tenantkeys.cli.context import emit, runtime, settings, version_info
-from tenantkeys.config import masked_value
-from tenantkeys.errors import ConfigurationError, ErrorCode
-from tenantkeys.keys.kms import check_providers
-from tenantkeys.keys.model import KeyVersion, Purpose, parse_purpose
+from tenantkeys.config import masked_url
+from tenantkeys.errors import CacheUnavailable, ConfigurationError, ErrorCode, InvalidRequest
+from tenantkeys.keys.model import KeyVersion, Purpose, validate_tenant_id
+from tenantkeys.keys.redis_cache import WrappedKeyCache
+from tenantkeys.keys.runtime import Runtime, redis_available, redis_client
 from tenantkeys.providers import SUPPORTED
 
-PURPOSES = click.Choice(["signing", "encryption", "all"])
+PURPOSE_HELP = "signing, encryption or all"
 
 
 def _purposes(value: str) -> list[Purpose]:
-    return list(Purpose) if value == "all" else [parse_purpose(value)]
+    """``--purpose``: a bad one is TK-INVALID-PURPOSE, as everywhere else a purpose is named."""
+    if value == "all":
+        return list(Purpose)
+    try:
+        return [Purpose(value)]
+    except ValueError:
+        raise InvalidRequest(
+            f"invalid --purpose {value[:40]!r}: use {PURPOSE_HELP}",
+            code=ErrorCode.INVALID_PURPOSE,
+        ) from None
 
 
-@click.group("config")
-def config_group() -> None:
-    """Settings."""
-
-
-@config_group.command("check")
-def config_check() -> None:
-    """Validate settings and the provider; print the effective config (secrets masked)."""
-    loaded = settings()
-    # The configured providers' own view of their settings: every variable, defaults included.
-    providers = {
-        variable: masked_value(value)
-        for checked in check_providers(loaded).values()
-        for variable, value in checked.by_variable().items()
-    }
-    shown = {k: v for k, v in loaded.masked().items() if k not in providers} | providers
-    provider = runtime().service.providers.current
-    emit(
-        {
-            "ok": True,
-            "provider": provider.name,
-            "provider_key_id": provider.key_id,
-            "settings": shown,
-        }
+def warn_not_broadcast(found: Runtime, tenant_id: str, purposes: list[str], what: str) -> None:
+    """Say what a rotation or revocation could not tell other processes, and what bounds it."""
+    if found.service.l2 is not None and redis_available(found.redis):
+        return
+    config = found.settings
+    again = f"tenantkeys keys invalidate --tenant {tenant_id}" + (
+        f" --purpose {purposes[0]}" if len(purposes) == 1 else ""
+    )
+    safety = (
+        "; meanwhile a process that cannot reach Redis either checks the key store every "
+        f"TENANTKEYS_KEY_CONFIRM_SECONDS ({config.key_confirm_seconds:g} s) and drops it"
+        if config.key_confirm_redis_down == "safety"
+        else ""
+    )
+    click.echo(
+        f"warning: Redis at {masked_url(config.redis_url)} does not answer, so the change to "
+        f"{what} was not broadcast: processes that cached the old key sign with it until "
+        f"`{again}` succeeds (run it once Redis answers; they then drop it within "
+        f"TENANTKEYS_KEY_CONFIRM_SECONDS, {config.key_confirm_seconds:g} s), else for up to "
+        f"TENANTKEYS_CACHE_TTL_SECONDS ({config.cache_ttl_seconds} s) plus, from Redis's "
+        f"cached record, TENANTKEYS_L2_CACHE_TTL_SECONDS ({config.l2_cache_ttl_seconds} s)"
+        f"{safety} (docs/reliability.md#revocation-delay)",
+        err=True,
     )
 
 
@@ -54,7 +68,7 @@ def keys_group() -> None:
 
 @keys_group.command("create")
 @click.option("--tenant", "tenant_id", required=True)
-@click.option("--purpose", type=PURPOSES, default="all", show_default=True)
+@click.option("--purpose", default="all", show_default=True, help=PURPOSE_HELP)
 def keys_create(tenant_id: str, purpose: str) -> None:
     """Create the tenant's keys (existing ones are returned unchanged)."""
     created = runtime().service.create_keys(tenant_id, _purposes(purpose))
@@ -66,7 +80,9 @@ def keys_create(tenant_id: str, purpose: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def keys_list(tenant_id: str, as_json: bool) -> None:
     """Every version of the tenant's keys, with status."""
-    versions = runtime().service.list_keys(tenant_id)
+    versions = runtime(create=False).service.list_keys(tenant_id)
+    if not versions:
+        click.echo(f"note: tenant {tenant_id!r} has no keys in this key store", err=True)
     if as_json:
         emit([version_info(v) for v in versions])
         return
@@ -80,10 +96,17 @@ def keys_list(tenant_id: str, as_json: bool) -> None:
 
 @keys_group.command("rotate")
 @click.option("--tenant", "tenant_id", required=True)
-@click.option("--purpose", type=PURPOSES, default="all", show_default=True)
+@click.option("--purpose", default="all", show_default=True, help=PURPOSE_HELP)
 def keys_rotate(tenant_id: str, purpose: str) -> None:
     """Make a new active version now; the old one retires (signatures keep verifying)."""
-    service = runtime().service
+    purposes = _purposes(purpose)
+    found = runtime(create=False)
+    service = found.service
+    results = [service.rotate(tenant_id, p) for p in purposes]
+    rotated = [r.purpose for r in results if r.rotated]
+    if rotated:
+        what = f"tenant {tenant_id!r}'s {' and '.join(rotated)} key"
+        warn_not_broadcast(found, tenant_id, rotated, what)
     emit(
         [
             {
@@ -94,7 +117,7 @@ def keys_rotate(tenant_id: str, purpose: str) -> None:
                 "new_version": r.new_version,
                 "reason": r.reason,
             }
-            for r in (service.rotate(tenant_id, p) for p in _purposes(purpose))
+            for r in results
         ]
     )
 
@@ -104,7 +127,36 @@ def keys_rotate(tenant_id: str, purpose: str) -> None:
 @click.option("--kid", required=True)
 def keys_revoke(tenant_id: str, kid: str) -> None:
     """Revoke a key version: its signatures stop verifying; an active one is replaced."""
-    emit(version_info(runtime().service.revoke(tenant_id, kid)))
+    found = runtime(create=False)
+    revoked = found.service.revoke(tenant_id, kid)
+    what = f"tenant {tenant_id!r}'s key {kid} (revoked)"
+    warn_not_broadcast(found, tenant_id, [revoked.purpose.value], what)
+    emit(version_info(revoked))
+
+
+@keys_group.command("invalidate")
+@click.option("--tenant", "tenant_id", required=True)
+@click.option("--purpose", default="all", show_default=True, help=PURPOSE_HELP)
+def keys_invalidate(tenant_id: str, purpose: str) -> None:
+    """Make every process drop its cached copy of the tenant's key (within
+    TENANTKEYS_KEY_CONFIRM_SECONDS): for a rotate or revoke made while Redis was down."""
+    purposes = _purposes(purpose)
+    config = settings()
+    client = redis_client(config)
+    try:
+        if not redis_available(client):
+            raise CacheUnavailable(
+                f"Redis does not answer at {masked_url(config.redis_url)}: nothing was "
+                "invalidated; run this again once it does"
+            )
+        cache = WrappedKeyCache(client, config.redis_prefix, config.l2_cache_ttl_seconds)
+        tenant = validate_tenant_id(tenant_id)
+        done = [p.value for p in purposes if cache.invalidate(tenant, p.value)]
+    finally:
+        client.close()
+    emit({"tenant_id": tenant_id, "invalidated": done})
+    if len(done) != len(purposes):
+        sys.exit(EXIT_ERROR)
 
 
 @keys_group.command("rewrap")
@@ -135,7 +187,7 @@ def keys_rewrap(target: str, batch_size: int, limit: int | None) -> None:
             f"(TENANTKEYS_KMS_PROVIDER); they will need another rewrap",
             err=True,
         )
-    rewrapper = Rewrapper(runtime().service, target, batch_size=batch_size, limit=limit)
+    rewrapper = Rewrapper(runtime(create=False).service, target, batch_size=batch_size, limit=limit)
     total = rewrapper.pending()
     with click.progressbar(
         length=total if limit is None else min(total, limit),

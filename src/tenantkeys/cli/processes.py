@@ -24,6 +24,8 @@ from tenantkeys.errors import ConfigurationError, ErrorCode, InvalidRequest
 
 #: Addresses Flower may bind without basic auth: reachable from this machine only.
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: A TCP port to listen on; out of range is a usage error, not an OverflowError from bind.
+PORT = click.IntRange(1, 65_535)
 #: Exit status of `worker-ready` when the worker did not answer.
 EXIT_NOT_READY = 1
 
@@ -132,7 +134,7 @@ def beat_command(loglevel: str) -> None:
 
 
 @click.command("flower")
-@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--port", type=PORT, default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower_command(port: int, address: str) -> None:
     """Run Flower (task events show payload hashes and sizes only).
@@ -160,7 +162,7 @@ def flower_command(port: int, address: str) -> None:
 
 
 @click.command("api")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=PORT, default=8000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 def api_command(port: int, host: str) -> None:
     """Run the ops HTTP API (health, admin, JWKS, metrics)."""
@@ -179,7 +181,7 @@ def api_command(port: int, host: str) -> None:
 
 
 @click.command("dev")
-@click.option("--flower-port", type=int, default=5555, show_default=True)
+@click.option("--flower-port", type=PORT, default=5555, show_default=True)
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option(
     "--stop", "stop", is_flag=True, help="Stop the stack running from this data dir, and exit."

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,7 +12,8 @@ from typing import Any, TypeVar
 import click
 
 from tenantkeys.cli.context import emit, runtime, settings
-from tenantkeys.errors import ErrorCode, InvalidRequest, VerificationError
+from tenantkeys.cli.jobs import check_job_id, worker_check
+from tenantkeys.errors import ErrorCode, InvalidRequest, JobTimeout, KeyNotFound, VerificationError
 
 
 def read_payload(file: Path | None, data: str | None, stdin: str | None) -> bytes:
@@ -24,7 +27,7 @@ def read_payload(file: Path | None, data: str | None, stdin: str | None) -> byte
         except OSError as exc:
             raise InvalidRequest(f"cannot read {file}: {exc.strerror}") from None
     if data is not None:
-        return data.encode()
+        return os.fsencode(data)  # the argument's bytes as given, UTF-8 or not
     if stdin != "-":
         raise InvalidRequest(f"unexpected argument {stdin!r}; use - for standard input")
     return sys.stdin.buffer.read()
@@ -55,6 +58,11 @@ def with_payload(fn: F) -> F:
 @with_payload
 @click.option("--via-queue", is_flag=True, help="Send the job through the broker to a worker.")
 @click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True)
+@click.option(
+    "--job-id",
+    help="With --via-queue: the job's id (default: a new UUID); the same id again is the same "
+    "job, and `tenantkeys job show ID` fetches its result.",
+)
 def sign_command(
     tenant_id: str,
     file: Path | None,
@@ -63,17 +71,30 @@ def sign_command(
     canonical_json: bool,
     via_queue: bool,
     timeout: float,
+    job_id: str | None,
 ) -> None:
     """Sign a payload with the tenant's active key; print one JSON object."""
+    if job_id is not None and not via_queue:
+        raise InvalidRequest("--job-id names a queued job: use it with --via-queue")
     payload = read_payload(file, data, stdin)
     if via_queue:
         from tenantkeys.client import SigningClient
 
+        job = check_job_id(job_id) if job_id is not None else str(uuid.uuid4())
         with SigningClient.from_settings(settings()) as client:
-            result = client.sign(tenant_id, payload, canonical_json=canonical_json, timeout=timeout)
+            try:
+                result = client.sign(
+                    tenant_id, payload, canonical_json=canonical_json, timeout=timeout, job_id=job
+                )
+            except JobTimeout:
+                raise JobTimeout(
+                    f"no result for job {job} within {timeout:g} s; it stays queued: "
+                    f"`tenantkeys job show {job}` fetches its result later. {worker_check()}"
+                ) from None
         emit(result.to_dict())
         return
-    emit(runtime().service.sign(tenant_id, payload, canonical_json=canonical_json).to_dict())
+    service = runtime(create=False).service
+    emit(service.sign(tenant_id, payload, canonical_json=canonical_json).to_dict())
 
 
 @click.command("verify")
@@ -96,7 +117,8 @@ def verify_command(
     """
     payload = read_payload(file, data, stdin)
     try:
-        result = runtime().service.verify(tenant_id, payload, jws, canonical_json=canonical_json)
+        service = runtime(create=False).service
+        result = service.verify(tenant_id, payload, jws, canonical_json=canonical_json)
     except (VerificationError, InvalidRequest) as exc:
         if exc.code in {ErrorCode.INVALID_TENANT, ErrorCode.PAYLOAD_TOO_LARGE}:
             raise
@@ -116,5 +138,17 @@ def verify_command(
 @click.command("jwks")
 @click.option("--tenant", "tenant_id", required=True)
 def jwks_command(tenant_id: str) -> None:
-    """The tenant's JWKS: active and retired public keys (revoked ones listed apart)."""
-    emit(runtime().service.jwks(tenant_id))
+    """The tenant's JWKS: active and retired public keys (revoked ones listed apart).
+
+    A tenant with no key at all is TK-KEY-NOT-FOUND, not an empty set: an empty JWKS handed
+    to a verifier fails every signature later, far from the mistyped tenant id. A tenant
+    whose keys are all revoked does get its (empty) set, with the revoked kids.
+    """
+    service = runtime(create=False).service
+    if not service.list_keys(tenant_id):
+        raise KeyNotFound(
+            f"tenant {tenant_id!r} has no keys in this key store; check the tenant id "
+            "(tenantkeys keys list --tenant T) and that this is the deployment's store "
+            "(tenantkeys config check shows it)"
+        )
+    emit(service.jwks(tenant_id))

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -44,7 +44,15 @@ from tenantkeys.config.concerns import (
     MessageSigningSettings,
     RetrySettings,
     TelemetrySettings,
+    multiproc_dir_problem,
 )
+from tenantkeys.config.locations import (
+    DEAD_LETTER_KEY_FILE,
+    STORE_FILE,
+    search_data_dir,
+    sqlite_url,
+)
+from tenantkeys.config.urls import masked_url
 from tenantkeys.errors import ConfigurationError, ErrorCode
 
 __all__ = [
@@ -52,8 +60,10 @@ __all__ = [
     "ENV_PREFIX",
     "KMS_PROVIDERS",
     "Settings",
+    "check_prometheus_multiproc_dir",
     "environment_with",
     "load_settings",
+    "masked_url",
     "masked_value",
 ]
 
@@ -96,6 +106,24 @@ class Settings(
             _ProviderSections(settings_cls, dotenv_settings),
             file_secret_settings,
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _anchored_defaults(cls, values: Any) -> Any:
+        """The data dir and the files in it, when not set (config.locations says how)."""
+        if not isinstance(values, dict):
+            return values
+        given = dict(values)
+        data_dir = given.get("data_dir")
+        if data_dir in (None, ""):
+            data_dir = search_data_dir().data_dir
+        data_dir = Path(data_dir).expanduser().resolve()
+        given["data_dir"] = data_dir
+        if given.get("database_url") in (None, ""):
+            given["database_url"] = sqlite_url(data_dir / STORE_FILE)
+        if given.get("dead_letter_key_file") in (None, ""):
+            given["dead_letter_key_file"] = data_dir / DEAD_LETTER_KEY_FILE
+        return given
 
     @classmethod
     def variables(cls) -> tuple[str, ...]:
@@ -176,11 +204,8 @@ def masked_value(value: object) -> object:
     """``value`` fit to print: secrets as ``***``, URL passwords masked, paths as text."""
     if isinstance(value, SecretStr):
         return "***"
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, _, rest = value.partition("://")
-        credentials, _, host = rest.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+    if isinstance(value, str) and "://" in value:
+        return masked_url(value)
     if isinstance(value, Path):
         return str(value)
     return value
@@ -195,9 +220,11 @@ def load_settings(**overrides: Any) -> Settings:
     """Read and validate the settings once; raise :class:`ConfigurationError` on any problem.
 
     ``overrides`` take field names, and ``<provider>_<field>`` for a provider's own settings.
+    The ``.env`` files read: the deployment's (beside the ``.tenantkeys`` found upward), then
+    the working directory's, which wins.
     """
     try:
-        settings = Settings(**overrides)
+        settings = Settings(_env_file=env_files(), **overrides)
     except SettingsError as exc:  # a value the source cannot parse (e.g. JSON of a dict field)
         raise ConfigurationError(
             f"invalid settings: {exc}", code=ErrorCode.CONFIG_INVALID
@@ -215,6 +242,38 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigurationError("invalid settings: " + "; ".join(problems), code=code) from None
     settings.check()
     return settings
+
+
+def env_files() -> tuple[Path, ...]:
+    """The ``.env`` files, lowest precedence first: a subdirectory reads its deployment's too."""
+    search = search_data_dir()
+    here = search.start / ".env"
+    if search.found is not None and search.found.parent != search.start:
+        return (search.found.parent / ".env", here)
+    return (here,)
+
+
+def check_prometheus_multiproc_dir() -> None:
+    """Make ``PROMETHEUS_MULTIPROC_DIR`` if it can be; TK-CONFIG-INVALID if it cannot.
+
+    prometheus-client reads the variable when it is first imported, before any settings are
+    loaded, and fails there with a bare OSError on a missing or unusable directory; the CLI
+    calls this first.
+    """
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not value:
+        return
+    problem = multiproc_dir_problem(Path(value))
+    if problem is None:
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)  # what the worker would make
+        except OSError as exc:
+            problem = f"{value} cannot be created ({exc.strerror})"
+    if problem:
+        raise ConfigurationError(
+            f"invalid settings: PROMETHEUS_MULTIPROC_DIR: {problem}",
+            code=ErrorCode.CONFIG_INVALID,
+        )
 
 
 def environment_with(**variables: str) -> dict[str, str]:

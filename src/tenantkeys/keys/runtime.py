@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tenantkeys import telemetry
-from tenantkeys.config import Settings
+from tenantkeys.config import Settings, masked_url
 from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet, check_providers
 from tenantkeys.keys.material import UnlockedKey
@@ -81,9 +81,12 @@ def build_runtime(
     elif require_redis:
         from tenantkeys.errors import CacheUnavailable
 
-        raise CacheUnavailable(f"Redis does not answer at {settings.redis_url}")
+        raise CacheUnavailable(f"Redis does not answer at {masked_url(settings.redis_url)}")
     else:
-        log.warning("Redis does not answer; running without the L2 cache and invalidations")
+        log.warning(
+            "Redis does not answer at %s; running without the L2 cache and invalidations",
+            masked_url(settings.redis_url),
+        )
     l1: LocalKeyCache[UnlockedKey] = LocalKeyCache(
         settings.cache_ttl_seconds,
         settings.cache_max_entries,
