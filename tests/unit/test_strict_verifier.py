@@ -1,8 +1,9 @@
 """The strict verifier against a table of hostile JWS, cross-checked with joserfc.
 
 Each case is a JWS someone could hand an auditor: base64url in another spelling, repeated
-header members, ``crit`` and ``b64``, algorithms we do not sign with, the wrong key, malleated
-signatures; and a few controls that must verify. Every case goes through ``KeyService.verify``
+header members, ``crit``, ``b64`` and ``jcs``, algorithms we do not sign with, an Ed25519 key
+under its other ``alg`` name, the wrong key, malleated signatures; and a few controls that must
+verify. Every case goes through ``KeyService.verify``
 (what ``tenantkeys verify`` and the jobs use) and must end with its expected code. Where a rule
 is about the header or the encoding, the JWS is genuinely signed by the tenant's key, so the
 rule and nothing else refuses it.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import rfc8785
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -49,6 +51,9 @@ HOW_TO_REGENERATE = (
 #: Encodes with "-" and "_" and with unused bits in its last character, so every base64url
 #: defect below applies to the payload segment.
 PAYLOAD = b"evidence: invoice 7 paid >>> ???"
+#: A JSON payload, then the same JSON as another program writes it (order, spacing, escapes).
+JSON_PAYLOAD = b'{"paid": true, "invoice": 7, "amount": 1.50, "note": "caf\\u00e9"}'
+JSON_RESERIALIZED = '{\n  "amount": 1.5, "invoice": 7,\n  "note": "café", "paid": true\n}'.encode()
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -60,11 +65,13 @@ VALID = "valid"
 
 @dataclass(frozen=True)
 class World:
-    """acme: EdDSA keys v1 revoked, v2 retired, v3 active; beta: EdDSA; globex: ES256."""
+    """acme: EdDSA keys v1 revoked, v2 retired, v3 active; beta: EdDSA; globex: ES256;
+    initech: an Ed25519 key that signs as ``Ed25519`` (RFC 9864)."""
 
     service: KeyService
     acme: signing.KeyMaterial
     globex: signing.KeyMaterial
+    initech: signing.KeyMaterial
     attacker: signing.KeyMaterial  # a key no tenant has
     revoked_jws: str
     retired_jws: str
@@ -73,7 +80,7 @@ class World:
     def header(self, key: signing.KeyMaterial | None = None, **extra: object) -> dict[str, object]:
         """The header tenantkeys issues for ``key`` (acme's active one), plus ``extra``."""
         key = key or self.acme
-        tenant = "globex" if key is self.globex else "acme"
+        tenant = {id(self.globex): "globex", id(self.initech): "initech"}.get(id(key), "acme")
         return {"alg": key.algorithm, "kid": key.kid, signing.TENANT_HEADER: tenant, **extra}
 
     def sign(
@@ -105,6 +112,10 @@ class World:
     def issued(self, tenant: str = "acme", *, attached: bool = False) -> str:
         return self.service.sign(tenant, PAYLOAD, detached=not attached).jws
 
+    def issued_canonical(self, payload: bytes = JSON_PAYLOAD) -> str:
+        """A JWS over the RFC 8785 form of ``payload``, as ``sign --canonical-json`` issues it."""
+        return self.service.sign("acme", payload, canonical_json=True).jws
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
@@ -122,18 +133,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     service.create_keys("beta")
     es256 = make_service(url, LocalProvider(master), signing_algorithm="ES256")
     es256.create_keys("globex")
+    ed25519_named = make_service(url, LocalProvider(master), signing_algorithm="Ed25519")
+    ed25519_named.create_keys("initech")
     encryption = service.store.active("acme", Purpose.ENCRYPTION)
     assert encryption is not None
     made = World(
         service=service,
         acme=_material(service, "acme"),
         globex=_material(es256, "globex"),
+        initech=_material(ed25519_named, "initech"),
         attacker=signing.generate("EdDSA")[0],
         revoked_jws=revoked_jws,
         retired_jws=retired_jws,
         encryption_kid=encryption.kid,
     )
     es256.close()
+    ed25519_named.close()
     yield made
     service.close()
 
@@ -345,6 +360,24 @@ def cases() -> list[Case]:
             "control",
             "unknown member `exp` without `crit` (ignored, RFC 7515 section 4)",
             lambda w: Attempt(w.sign(w.header(exp=1))),
+            None,
+        ),
+        c(
+            "control",
+            "`alg: Ed25519` (RFC 9864), detached, as issued",
+            lambda w: Attempt(w.issued("initech"), tenant="initech"),
+            None,
+        ),
+        c(
+            "control",
+            "`jcs: true`, the canonical payload given",
+            lambda w: Attempt(w.issued_canonical(), payload=signing.canonicalize(JSON_PAYLOAD)),
+            None,
+        ),
+        c(
+            "control",
+            "`jcs: true`, the payload given as another program re-serialized it",
+            lambda w: Attempt(w.issued_canonical(), payload=JSON_RESERIALIZED),
             None,
         ),
         # -- serialisation
@@ -570,6 +603,65 @@ def cases() -> list[Case]:
             b64,
         ),
         c("b64", "`b64: true` without `crit`", lambda w: Attempt(w.sign(w.header(b64=True))), b64),
+        # -- jcs: the payload is RFC 8785 canonical JSON (advisory, never critical)
+        c(
+            "jcs",
+            '`jcs: true`, `crit: ["jcs"]` (valid JSON payload, signed canonical)',
+            lambda w: Attempt(
+                w.sign(w.header(jcs=True, crit=["jcs"]), signing.canonicalize(JSON_PAYLOAD)),
+                payload=JSON_PAYLOAD,
+            ),
+            crit,
+        ),
+        c(
+            "jcs",
+            "`jcs: false`",
+            lambda w: Attempt(w.sign(w.header(jcs=False))),
+            invalid,
+        ),
+        c(
+            "jcs",
+            '`jcs: "true"` (a string)',
+            lambda w: Attempt(w.sign(w.header(jcs="true"))),
+            invalid,
+        ),
+        c(
+            "jcs",
+            "`jcs: true`, payload not JSON",
+            lambda w: Attempt(w.sign(w.header(jcs=True))),
+            ErrorCode.INVALID_JSON,
+        ),
+        c(
+            "jcs",
+            "`jcs: true`, payload JSON nested 1000 deep",
+            lambda w: Attempt(
+                w.sign(w.header(jcs=True), b"[" * 1000 + b"]" * 1000),
+                payload=b"[" * 1000 + b"]" * 1000,
+            ),
+            ErrorCode.JSON_TOO_DEEP,
+        ),
+        c(
+            "jcs",
+            "`jcs: true`, payload JSON with a member twice",
+            lambda w: Attempt(w.issued_canonical(), payload=b'{"paid": true, "paid": false}'),
+            ErrorCode.JSON_NOT_I_JSON,
+        ),
+        c(
+            "jcs",
+            "`jcs: true`, re-serialized payload with one value changed",
+            lambda w: Attempt(
+                w.issued_canonical(), payload=JSON_RESERIALIZED.replace(b"1.5", b"1.6")
+            ),
+            bad_sig,
+        ),
+        c(
+            "jcs",
+            "no `jcs`, signed over the canonical form, re-serialized payload given",
+            lambda w: Attempt(
+                w.sign(w.header(), signing.canonicalize(JSON_PAYLOAD)), payload=JSON_RESERIALIZED
+            ),
+            bad_sig,
+        ),
         # -- alg
         c(
             "alg",
@@ -587,14 +679,20 @@ def cases() -> list[Case]:
         c("alg", "`alg: RS256`", lambda w: Attempt(w.sign(w.header(alg="RS256"))), alg),
         c(
             "alg",
-            "`alg: Ed25519` (RFC 9864 name; we issue `EdDSA`)",
-            lambda w: Attempt(w.sign(w.header(alg="Ed25519"))),
+            "`alg: eddsa` (case changed)",
+            lambda w: Attempt(w.sign(w.header(alg="eddsa"))),
             alg,
         ),
         c(
             "alg",
-            "`alg: eddsa` (case changed)",
-            lambda w: Attempt(w.sign(w.header(alg="eddsa"))),
+            "`alg: ed25519` (case changed)",
+            lambda w: Attempt(w.sign(w.header(w.initech, alg="ed25519"), key=w.initech)),
+            alg,
+        ),
+        c(
+            "alg",
+            "`alg: Ed448`",
+            lambda w: Attempt(w.sign(w.header(w.initech, alg="Ed448"), key=w.initech)),
             alg,
         ),
         c("alg", '`alg: ""`', lambda w: Attempt(w.sign(w.header(alg=""))), alg),
@@ -690,6 +788,34 @@ def cases() -> list[Case]:
             lambda w: Attempt(w.sign(w.header(w.globex, alg="EdDSA")), tenant="globex"),
             ErrorCode.JWS_KEY_TYPE_MISMATCH,
         ),
+        c(
+            "key type",
+            "`alg: Ed25519` naming a P-256 kid (signed with an Ed25519 key)",
+            lambda w: Attempt(w.sign(w.header(w.globex, alg="Ed25519")), tenant="globex"),
+            ErrorCode.JWS_KEY_TYPE_MISMATCH,
+        ),
+        c(
+            "key type",
+            "`alg: ES256` naming an `Ed25519` kid (signed with a P-256 key)",
+            lambda w: Attempt(
+                w.sign(w.header(w.initech, alg="ES256"), key=w.globex), tenant="initech"
+            ),
+            ErrorCode.JWS_KEY_TYPE_MISMATCH,
+        ),
+        c(
+            "alg name",
+            "`alg: Ed25519` naming a key that signs as `EdDSA` (signed by it)",
+            lambda w: Attempt(w.sign(w.header(alg="Ed25519"))),
+            ErrorCode.JWS_ALG_MISMATCH,
+        ),
+        c(
+            "alg name",
+            "`alg: EdDSA` naming a key that signs as `Ed25519` (signed by it)",
+            lambda w: Attempt(
+                w.sign(w.header(w.initech, alg="EdDSA"), key=w.initech), tenant="initech"
+            ),
+            ErrorCode.JWS_ALG_MISMATCH,
+        ),
         # -- the signature
         c(
             "signature",
@@ -783,23 +909,34 @@ def joserfc_verdict(w: World, attempt: Attempt) -> str:
     registry = jws.JWSRegistry(strict_check_header=False, algorithms=algorithms)
     parts = segments(attempt.jws)
     detached = len(parts) == 3 and parts[1] == ""
+    payload = attempt.payload
     try:
+        if detached and payload is not None and _says_canonical(parts[0]):
+            # As docs/verifying.md tells an auditor: canonicalize first, with rfc8785.
+            payload = rfc8785.dumps(json.loads(payload))
         with warnings.catch_warnings():
-            # joserfc warns that RFC 9864 deprecates the name "EdDSA"; it is the name RFC 8037
-            # defines and every JOSE library knows, so tenantkeys keeps issuing it.
+            # joserfc warns that RFC 9864 deprecates the name "EdDSA"; keys made before
+            # Ed25519 became the default (or with TENANTKEYS_SIGNING_ALGORITHM=EdDSA) sign so.
             warnings.simplefilter("ignore", SecurityWarning)
             found = jws.deserialize_compact(
                 attempt.jws,
                 keys,
                 algorithms=algorithms,
                 registry=registry,
-                payload=attempt.payload if detached else None,
+                payload=payload if detached else None,
             )
     except Exception as exc:  # every way it refuses counts; the class name says which
         return f"rejects ({type(exc).__name__})"
-    if attempt.payload is not None and found.payload != attempt.payload:
+    if payload is not None and found.payload != payload:
         return "rejects (payload differs)"
     return "accepts"
+
+
+def _says_canonical(protected: str) -> bool:
+    try:
+        return json.loads(signing.b64url_decode(protected)).get("jcs") is True
+    except (ValueError, AttributeError, InvalidRequest):
+        return False
 
 
 def joserfc_installed() -> bool:

@@ -246,7 +246,9 @@ class KeyService:
         data = self.check_payload(payload, canonical_json=canonical_json)
         key = self.active_key(tenant_id, Purpose.SIGNING)
         assert key.material is not None
-        jws = signing.sign_encoded(key.material, key.protected, data, detached=detached)
+        jws = signing.sign_encoded(
+            key.material, key.protected, data, detached=detached, canonical_json=canonical_json
+        )
         return Signature(
             jws=jws,
             kid=key.version.kid,

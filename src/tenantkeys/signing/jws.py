@@ -1,5 +1,6 @@
-"""Making JWS: keys (Ed25519, P-256), RFC 7638 thumbprints, compact JWS (RFC 7515, RFC 8037
-EdDSA, ES256 low-S only), canonical base64url, and the JWKS that verifies them.
+"""Making JWS: keys (Ed25519, P-256), RFC 7638 thumbprints, compact JWS (RFC 7515; Ed25519 as
+``Ed25519`` per RFC 9864 or ``EdDSA`` per RFC 8037; ES256 low-S only), canonical base64url, and
+the JWKS that verifies them.
 
 Pure functions over key objects: no storage, no KMS. The KeyService finds keys; this module
 turns them into compact JWS strings any JOSE library verifies with the tenant's JWKS.
@@ -8,6 +9,7 @@ turns them into compact JWS strings any JOSE library verifies with the tenant's 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
@@ -15,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -23,8 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
+from tenantkeys.signing.canonical import CANONICAL_HEADER, canonicalize
 
-ALGORITHMS = ("EdDSA", "ES256")
+#: The JWS ``alg`` values a key signs with; a key's ``algorithm`` is one of them, fixed when
+#: the key is made. ``Ed25519`` (RFC 9864, fully specified) and ``EdDSA`` (RFC 8037) are the
+#: same Ed25519 signature under two names: which one a key uses is what its JWKS entry says.
+ALGORITHMS = ("Ed25519", "EdDSA", "ES256")
+#: The ``alg`` names of an Ed25519 key.
+ED25519_ALGORITHMS = frozenset({"Ed25519", "EdDSA"})
 #: Protected-header member that names the tenant; checked on verification.
 TENANT_HEADER = "tenant_id"
 #: The longest compact JWS :func:`parse_compact` reads.
@@ -36,8 +43,8 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 SIGNATURE_BYTES = 64
 #: Public key length per algorithm: raw Ed25519, uncompressed P-256 point (0x04 || x || y).
-PUBLIC_KEY_BYTES = {"EdDSA": 32, "ES256": 1 + 2 * P256_BYTES}
-KEY_TYPES = {"EdDSA": "an Ed25519 (OKP)", "ES256": "a P-256 (EC)"}
+PUBLIC_KEY_BYTES = {"Ed25519": 32, "EdDSA": 32, "ES256": 1 + 2 * P256_BYTES}
+KEY_TYPES = {"Ed25519": "an Ed25519 (OKP)", "EdDSA": "an Ed25519 (OKP)", "ES256": "a P-256 (EC)"}
 #: Header parameters RFC 7515 section 4.1 defines; section 4.1.11 forbids them in ``crit``.
 RFC7515_HEADERS = frozenset(
     {"alg", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "typ", "cty", "crit"}
@@ -137,7 +144,7 @@ class KeyMaterial:
 
 def generate(algorithm: str) -> tuple[KeyMaterial, bytearray]:
     """A new key and its secret bytes (seed or scalar) for sealing; wipe the bytes after."""
-    if algorithm == "EdDSA":
+    if algorithm in ED25519_ALGORITHMS:
         return _from_secret_checked(algorithm, ed25519.Ed25519PrivateKey.generate())
     if algorithm == "ES256":
         return _from_secret_checked(algorithm, ec.generate_private_key(ec.SECP256R1()))
@@ -161,7 +168,7 @@ def _from_secret_checked(algorithm: str, key: PrivateKey) -> tuple[KeyMaterial, 
 def load(algorithm: str, secret: bytes | bytearray) -> KeyMaterial:
     """Rebuild a key from the secret bytes :func:`generate` returned."""
     key: PrivateKey
-    if algorithm == "EdDSA":
+    if algorithm in ED25519_ALGORITHMS:
         key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(secret))
     elif algorithm == "ES256":
         key = ec.derive_private_key(int.from_bytes(secret, "big"), ec.SECP256R1())
@@ -180,7 +187,7 @@ def _public_bytes(public: PublicKey) -> bytes:
 
 def public_jwk(algorithm: str, public_bytes: bytes) -> dict[str, str]:
     """The public JWK (required members only, as RFC 7638 hashes them)."""
-    if algorithm == "EdDSA":
+    if algorithm in ED25519_ALGORITHMS:
         return {"crv": "Ed25519", "kty": "OKP", "x": b64url(public_bytes)}
     x, y = public_bytes[1 : 1 + P256_BYTES], public_bytes[1 + P256_BYTES :]
     return {"crv": "P-256", "kty": "EC", "x": b64url(x), "y": b64url(y)}
@@ -205,8 +212,28 @@ def sign_compact(
     return sign_encoded(key, encode_protected(header), payload, detached=detached)
 
 
-def sign_encoded(key: KeyMaterial, protected: str, payload: bytes, *, detached: bool = True) -> str:
-    """:func:`sign_compact` with the header already encoded (callers cache it per key)."""
+@functools.lru_cache(maxsize=1024)
+def with_canonical_member(protected: str) -> str:
+    """The encoded header ``protected`` with ``"jcs": true`` appended (cached per key header)."""
+    header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+    return encode_protected({**header, CANONICAL_HEADER: True})
+
+
+def sign_encoded(
+    key: KeyMaterial,
+    protected: str,
+    payload: bytes,
+    *,
+    detached: bool = True,
+    canonical_json: bool = False,
+) -> str:
+    """:func:`sign_compact` with the header already encoded (callers cache it per key).
+
+    ``canonical_json`` says ``payload`` is the RFC 8785 form :func:`signing_input` made; the
+    header then says so too (``"jcs": true``), so a verifier knows to canonicalize first.
+    """
+    if canonical_json:
+        protected = with_canonical_member(protected)
     encoded_payload = b64url(payload)
     signing_input = f"{protected}.{encoded_payload}".encode("ascii")
     if isinstance(key.private_key, ed25519.Ed25519PrivateKey):
@@ -226,6 +253,9 @@ def jwks(entries: Iterable[tuple[str, bytes, str, str]]) -> dict[str, Any]:
 
     Active and retired keys go in ``keys`` (with a ``status`` member); revoked kids are listed
     in a separate top-level ``revoked`` array, so standard JOSE libraries never verify with them.
+    Each key's ``alg`` is the one its signatures carry (``Ed25519`` or ``EdDSA`` for an Ed25519
+    key): libraries that pick a key by ``alg`` (jose, jwcrypto) find it, and libraries that pick
+    by ``kty`` and ``crv`` find it too (docs/verifying.md says which library does which).
     """
     keys: list[dict[str, str]] = []
     revoked: list[dict[str, str]] = []
@@ -264,11 +294,5 @@ def signing_input(payload: object, *, max_bytes: int, canonical_json: bool = Fal
             code=ErrorCode.PAYLOAD_TOO_LARGE,
         )
     if canonical_json:
-        try:
-            data = rfc8785.dumps(json.loads(data))
-        except (ValueError, TypeError, rfc8785.CanonicalizationError) as exc:
-            raise InvalidRequest(
-                f"payload is not JSON that RFC 8785 can canonicalize ({type(exc).__name__})",
-                code=ErrorCode.INVALID_JSON,
-            ) from None
+        data = canonicalize(data)
     return data

@@ -1,8 +1,10 @@
 """Strict verification of a compact JWS: exactly one accepted spelling (docs/verifying.md).
 
 Each segment must be canonical base64url, the protected header UTF-8 JSON without repeated
-members, no ``crit`` (we implement no extension) and no ``b64``, ``alg`` one we sign with and
-matching the key's type, and an ES256 signature low-S. Each rule that fails raises its own code.
+members, no ``crit`` (we implement no extension) and no ``b64``, ``jcs`` only as ``true``, ``alg``
+one we sign with and the one the key signs with, and an ES256 signature low-S. Each rule that
+fails raises its own code. A header with ``"jcs": true`` says the payload signed is RFC 8785
+canonical JSON: the payload given is canonicalized before the signature is checked.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from tenantkeys.errors import ErrorCode, InvalidRequest, VerificationError
+from tenantkeys.signing.canonical import CANONICAL_HEADER, canonicalize
 from tenantkeys.signing.jws import (
     ALGORITHMS,
+    ED25519_ALGORITHMS,
     ED25519_L,
     KEY_TYPES,
     MAX_JWS_CHARS,
@@ -52,8 +56,8 @@ def parse_compact(jws: str) -> ParsedJws:
     each segment canonical base64url (``TK-JWS-NONCANONICAL-ENCODING``); the header UTF-8 JSON
     (``TK-INVALID-JWS``) with no member twice (``TK-JWS-DUPLICATE-HEADER``) and an object; no
     ``crit`` (malformed: ``TK-INVALID-JWS``, else ``TK-JWS-CRIT-UNSUPPORTED``); no ``b64``
-    (``TK-JWS-B64-UNSUPPORTED``); ``alg`` one of :data:`ALGORITHMS` (``TK-JWS-ALG-UNSUPPORTED``);
-    a string ``kid``.
+    (``TK-JWS-B64-UNSUPPORTED``); ``jcs`` absent or ``true`` (``TK-INVALID-JWS``); ``alg`` one of
+    :data:`ALGORITHMS` (``TK-JWS-ALG-UNSUPPORTED``); a string ``kid``.
     """
     if not isinstance(jws, str) or len(jws) > MAX_JWS_CHARS:
         raise InvalidRequest(
@@ -89,6 +93,14 @@ def parse_compact(jws: str) -> ParsedJws:
             f"JWS header has 'b64': {_show(header['b64'])}; RFC 7797 unencoded payloads are "
             "not supported",
             code=ErrorCode.JWS_B64_UNSUPPORTED,
+        )
+    if CANONICAL_HEADER in header and header[CANONICAL_HEADER] is not True:
+        # Only ``true`` is ever issued; ``false`` or ``"yes"`` would be a second spelling of
+        # "not canonical" (the member's absence) or a reading verifiers could disagree on.
+        raise InvalidRequest(
+            f"JWS header has 'jcs': {_show(header[CANONICAL_HEADER])}; it is only ever true "
+            "(the payload is RFC 8785 canonical JSON)",
+            code=ErrorCode.INVALID_JWS,
         )
     alg = header.get("alg")
     if not isinstance(alg, str):
@@ -175,7 +187,8 @@ def _refuse_crit(header: Mapping[str, Any]) -> None:
             code=ErrorCode.INVALID_JWS,
         )
     raise VerificationError(
-        f"JWS marks {_show(crit)} critical; this verifier implements no JWS extension",
+        f"JWS marks {_show(crit)} critical; tenantkeys issues no critical member (its 'jcs' "
+        "is advisory) and implements no JWS extension",
         code=ErrorCode.JWS_CRIT_UNSUPPORTED,
     )
 
@@ -189,9 +202,12 @@ def _show(value: object) -> str:
 def verify_parsed(parsed: ParsedJws, payload: bytes, algorithm: str, public_bytes: bytes) -> None:
     """Check the signature of ``parsed`` over ``payload`` with a key of type ``algorithm``.
 
-    :class:`VerificationError` when it fails: ``TK-JWS-KEY-TYPE-MISMATCH`` if the key is not of
-    the type ``alg`` needs, ``TK-SIGNATURE-INVALID`` if the signature does not match,
-    ``TK-JWS-HIGH-S`` for an ES256 signature that matches but is not in low-S form.
+    ``algorithm`` is the ``alg`` the key signs with. :class:`VerificationError` when it fails:
+    ``TK-JWS-KEY-TYPE-MISMATCH`` if the key is not of the type ``alg`` needs,
+    ``TK-JWS-ALG-MISMATCH`` if it is but signs under the other name (``EdDSA`` for
+    ``Ed25519``), ``TK-SIGNATURE-INVALID`` if the signature does not match, ``TK-JWS-HIGH-S``
+    for an ES256 signature that matches but is not in low-S form. With ``"jcs": true`` in the
+    header, ``payload`` is canonicalized (RFC 8785) first, and refused if it is not JSON.
     """
     alg = parsed.header.get("alg")
     if alg not in ALGORITHMS:
@@ -199,6 +215,13 @@ def verify_parsed(parsed: ParsedJws, payload: bytes, algorithm: str, public_byte
             f"JWS alg {_show(alg)} is not accepted", code=ErrorCode.JWS_ALG_UNSUPPORTED
         )
     # The key's type decides the algorithm, never the header (no alg/key confusion).
+    if alg != algorithm and KEY_TYPES.get(algorithm) == KEY_TYPES[alg]:
+        # One key, one alg: what its JWKS entry says, which is what jose and jwcrypto enforce.
+        raise VerificationError(
+            f"JWS alg {alg!r} is not the alg its kid signs with ({algorithm!r}, as the JWKS "
+            "entry of the key says)",
+            code=ErrorCode.JWS_ALG_MISMATCH,
+        )
     if alg != algorithm or not _is_public_key(algorithm, public_bytes):
         raise VerificationError(
             f"JWS alg {alg!r} needs {KEY_TYPES[alg]} key; its kid names "
@@ -209,8 +232,10 @@ def verify_parsed(parsed: ParsedJws, payload: bytes, algorithm: str, public_byte
         raise VerificationError(
             f"{alg} signature is {len(parsed.signature)} bytes, not {SIGNATURE_BYTES}"
         )
+    if parsed.header.get(CANONICAL_HEADER) is True:
+        payload = canonicalize(payload)
     signing_input = f"{parsed.protected}.{b64url(payload)}".encode("ascii")
-    if algorithm == "EdDSA":
+    if algorithm in ED25519_ALGORITHMS:
         _verify_ed25519(parsed.signature, signing_input, public_bytes)
     else:
         _verify_es256(parsed.signature, signing_input, public_bytes)
@@ -220,7 +245,7 @@ def _is_public_key(algorithm: str, public_bytes: bytes) -> bool:
     size = PUBLIC_KEY_BYTES.get(algorithm)
     if size != len(public_bytes):
         return False
-    return algorithm == "EdDSA" or public_bytes[0] == 0x04
+    return algorithm in ED25519_ALGORITHMS or public_bytes[0] == 0x04
 
 
 def _verify_ed25519(signature: bytes, signing_input: bytes, public_bytes: bytes) -> None:
