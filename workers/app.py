@@ -25,9 +25,8 @@ from celery import Celery, signals
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool
 from celery.exceptions import SoftTimeLimitExceeded
-from kombu.entity import Exchange, Queue
 
-from tenantkeys import __version__, jobs, telemetry
+from tenantkeys import __version__, telemetry
 from tenantkeys.admin.status import LazyStateProbe
 from tenantkeys.config import Settings, load_settings
 from tenantkeys.jobs.deadletters import DeadLetterStore
@@ -46,11 +45,6 @@ from workers.fastpath.transport import Transport as FastpathTransport
 log = logging.getLogger(__name__)
 
 
-def _queues() -> list[Any]:
-    exchange = Exchange(jobs.EXCHANGE, type="direct")  # type: ignore[no-untyped-call]
-    return [Queue(name, exchange, routing_key=name) for name in jobs.QUEUES]  # type: ignore[no-untyped-call]
-
-
 def create_app(settings: Settings) -> Celery:
     """A Celery app with the queues, (signed) JSON messages and failure semantics of jobs."""
     app = Celery("tenantkeys", set_as_current=True)
@@ -59,7 +53,6 @@ def create_app(settings: Settings) -> Celery:
     # whose certificate must be in the store like every producer's.
     setup_message_signing(app, settings)
     app.conf.update(
-        task_queues=_queues(),
         imports=("workers.tasks",),
         # Our consumer records undecodable and unknown-task messages as dead letters.
         worker_consumer="workers.consumer:DeadLetterConsumer",
@@ -69,8 +62,10 @@ def create_app(settings: Settings) -> Celery:
     )
     if settings.effective_broker_url.startswith("redis://"):
         # kombu's Redis transport, many messages per round trip, none lost on a SIGKILL
-        # (workers/fastpath/transport.py); the class itself, so an import error shows here.
-        app.conf.broker_transport = FastpathTransport
+        # (workers/fastpath/transport.py). Imported above, so an import error shows here; named
+        # by its path, because the setting travels as JSON (`celery inspect conf`, Flower).
+        transport = FastpathTransport
+        app.conf.broker_transport = f"{transport.__module__}:{transport.__qualname__}"
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options,
             "fetch_batch": settings.broker_fetch_batch,

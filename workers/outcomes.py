@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, Task, states
 
 from tenantkeys import jobs
 from tenantkeys.jobs.runner import Outcome
+from tenantkeys.queue.config import broker_countdown
 from workers.fastpath import results
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def requeue(
         task_id=job_id,
         retries=retries,
         headers=carried(headers),
-        countdown=countdown,
+        # Quorum queues: the delay waits in RabbitMQ, in whole seconds (queue/config.py).
+        countdown=broker_countdown(task.app.conf.task_default_queue_type, countdown),
     )
 
 
@@ -108,13 +111,96 @@ def celery_outcome(outcome: Outcome) -> tuple[str, Any]:
     return states.FAILURE, jobs.job_failure(envelope.get("error") or {})
 
 
+@dataclass
+class BatchTally:
+    """What happened to the jobs of one signing batch: its one INFO log line, ids and counts
+    only (never a payload, never a tenant id)."""
+
+    ids: list[str]
+    ok: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    failed: int = 0
+    retried: int = 0
+    handed_back: int = 0
+    not_stored: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def count(self, finished: Sequence[Finished]) -> None:
+        """Count the jobs whose results were stored, by outcome."""
+        for f in finished:
+            envelope = f.outcome.result or {}
+            if envelope.get("ok"):
+                self.ok += 1
+            elif (envelope.get("error") or {}).get("dead_letter"):
+                self.dead_lettered += 1
+            elif f.outcome.signatures[:1] == ("rejected",):
+                self.rejected += 1
+            else:
+                self.failed += 1
+
+    def __str__(self) -> str:
+        return (
+            f"signing batch of {len(self.ids)} jobs: ok={self.ok} rejected={self.rejected} "
+            f"dead_lettered={self.dead_lettered} failed={self.failed} retried={self.retried} "
+            f"handed_back={self.handed_back} not_stored={self.not_stored} "
+            f"in {(time.perf_counter() - self.started) * 1000:.1f} ms; ids {','.join(self.ids)}"
+        )
+
+
+#: Where the worker's parent notes when it received a batched job: in the job's
+#: ``request_dict``, which travels with it to the pool (and is never published again).
+RECEIVED_AT = "tk_received_at"
+
+
+def note_received(request: Any) -> None:
+    """In the worker's parent, on ``task_received``: note the time, and nothing else.
+
+    celery-batches sends no task-received event; the pool sends it with the job's outcome
+    (:func:`arrival_events`), so the parent, which serves every job, does one dict write.
+    """
+    if request.request_dict is not None:
+        request.request_dict[RECEIVED_AT] = time.time()
+
+
+def arrival_events(request: Any, started_at: float | None) -> list[tuple[str, dict[str, Any]]]:
+    """A batched job's task-received (at the time the parent noted) and, when it ran,
+    task-started: the fields Celery's own worker sends, arguments redacted.
+
+    The producer's ``argsrepr`` / ``kwargsrepr`` are redacted already; a producer that set
+    none (a client in another language) gets them redacted here: hash and size, never bytes.
+    """
+    found = request.request_dict or {}
+    args, kwargs = found.get("argsrepr"), found.get("kwargsrepr")
+    if not kwargs:
+        args, kwargs = jobs.argsrepr(request.args, request.kwargs)
+    received = {
+        "uuid": request.id,
+        "name": request.name,
+        "args": args,
+        "kwargs": kwargs,
+        "retries": found.get("retries") or 0,
+        "root_id": found.get("root_id"),
+        "parent_id": found.get("parent_id"),
+        "eta": found.get("eta"),
+        "expires": found.get("expires"),
+        "timestamp": found.get(RECEIVED_AT) or started_at or time.time(),
+    }
+    events: list[tuple[str, dict[str, Any]]] = [("task-received", received)]
+    if started_at is not None:
+        events.append(("task-started", {"uuid": request.id, "timestamp": started_at}))
+    return events
+
+
 def send_events(
     app: Celery, hostname: str | None, events: list[tuple[str, dict[str, Any]]]
 ) -> None:
-    """Per-job events for Flower (celery-batches sends only task-received).
+    """A batch's task events for Flower: each job's received, started and succeeded / failed
+    / retried (celery-batches sends none of them).
 
     They travel as one ``task.multi`` message per batch, as Celery's own worker buffers its
-    task events; Celery's event receivers (Flower, ``celery events``) unpack the list.
+    task events; Celery's event receivers (Flower, ``celery events``) unpack the list, and each
+    event keeps its own timestamp.
     """
     if not events or not app.conf.worker_send_task_events:
         return

@@ -5,7 +5,10 @@ the consumer and handed to one pool call (up to ``sign_batch_size`` jobs, or wha
 within ``sign_batch_interval_seconds``). Each job still gets its own result, stored under its
 own id, and its message is acked only once its outcome is settled: its result stored, or the
 job published again. Whatever is not settled when the batch ends (a result store that stays
-down, an error outside the runner) goes back to the queue instead of being acked.
+down, an error outside the runner) goes back to the queue instead of being acked. A batch
+logs one INFO line (its job ids and outcome counts, never a payload), sends its jobs' task
+events (received, started, succeeded / failed / retried) as one message, and adds its cache
+and KMS counts to the fleet's counters in Redis (``tenantkeys.telemetry.fleet``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from celery import Task, states
+from celery import Task, signals, states
 from celery.exceptions import Retry
+from celery.worker import state as worker_state
 from celery_batches import SimpleRequest
 
 from tenantkeys import jobs
@@ -25,14 +29,17 @@ from tenantkeys.jobs.deadletters import Attempt
 from tenantkeys.jobs.runner import JobRunner, Outcome
 from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.resilience import RetryPolicy
-from tenantkeys.telemetry import tracing
+from tenantkeys.telemetry import fleet, tracing
 from workers import consumer
 from workers.app import app, current, settings
 from workers.fastpath import acks
 from workers.fastpath.batches import FencedBatches
 from workers.outcomes import (
+    BatchTally,
     Finished,
+    arrival_events,
     celery_outcome,
+    note_received,
     observe,
     requeue,
     send_events,
@@ -75,6 +82,7 @@ def run_request(task: Task, method: Callable[..., Outcome], kwargs: dict[str, An
         args=request.args,
     )
     observe(outcome, request.headers)
+    fleet.flush(process.runtime.redis, settings.redis_prefix)
     if outcome.retry_in is not None:
         requeue(
             task,
@@ -99,6 +107,14 @@ class SignBatches(RedactedTask, FencedBatches):
     batch_soft_time_limit = settings.task_soft_time_limit_seconds
     batch_time_limit = settings.task_time_limit_seconds
 
+    def flush(self, requests: Sequence[Any]) -> Any:
+        # Celery's worker counts a task when its pool accepts it (``celery inspect stats``'
+        # total, the heartbeat's processed count, Flower's worker page); celery-batches does
+        # not, so the batch's jobs are counted here, once per batch.
+        worker_state.total_count[self.name] += len(requests)
+        worker_state.all_total_count[0] += len(requests)
+        return super().flush(requests)
+
     def on_batch_finished(self, requests: Sequence[Any], result: Any) -> None:
         # Ack the jobs the batch settled (result stored, or published again); every other one
         # (results not stored, an error outside the runner: ``sign`` then returns nothing)
@@ -115,12 +131,12 @@ class SignBatches(RedactedTask, FencedBatches):
         # again with one more attempt counted, or dead-lettered after the last one, so a KMS
         # that stays slower than the time limit ends every job instead of looping it for ever.
         log.error("a signing batch of %d jobs was lost (%r)", len(requests), info)
+        events = [event for r in requests for event in arrival_events(r, None)]
         finished: list[Finished] = []
         for request in requests:
             done = _retry_or_dead_letter(self, request, info)
             if done is not None:
                 finished.append(done)
-        events: list[tuple[str, dict[str, Any]]] = []
         try:
             write_results(app, finished, events)
         except Exception as exc:  # the dead letters are stored; only their results are not
@@ -157,6 +173,17 @@ def _retry_or_dead_letter(task: SignBatches, request: Any, info: Any) -> Finishe
     return finished
 
 
+def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """celery-batches fires ``task_received`` but sends no task-received event: without one
+    Flower knows a batched job by id only (no name, no arguments, Processed 0). The time is
+    noted here; the pool sends the event with the job's outcome (``outcomes.arrival_events``)."""
+    if request is not None and isinstance(request.task, SignBatches):
+        note_received(request)
+
+
+signals.task_received.connect(_received, weak=False)
+
+
 @app.task(name=jobs.SIGN, base=SignBatches, acks_late=True, bind=True)  # type: ignore[untyped-decorator]
 def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
     """Sign many single jobs in one call path; returns the ids of the jobs it settled.
@@ -167,6 +194,7 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
     finished: list[Finished] = []
     settled: list[str] = []
     events: list[tuple[str, dict[str, Any]]] = []
+    tally = BatchTally([request.id for request in requests])
     # A batch shares one time limit: when KMS calls turn slow, hand the rest back to the
     # queue (same job, same retry count) instead of running the whole batch into the limit.
     budget = time.monotonic() + settings.task_soft_time_limit_seconds / 2
@@ -177,7 +205,10 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
             if time.monotonic() > budget:
                 requeue(self, request.id, request.kwargs, headers, retries=retries)
                 settled.append(request.id)
+                tally.handed_back += 1
+                events.extend(arrival_events(request, None))
                 continue
+            events.extend(arrival_events(request, time.time()))
             # One span per job, continuing its producer's trace (the batch has a trace of its own).
             with tracing.job_span(jobs.SIGN, request.id, headers):
                 started = time.perf_counter()
@@ -201,18 +232,24 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
                 countdown=outcome.retry_in,
             )
             settled.append(request.id)
+            tally.retried += 1
             observe(outcome, headers)
             events.append(("task-retried", {"uuid": request.id, "exception": repr(outcome.error)}))
     finally:
+        # The fleet's counters first, so a caller holding a result finds its lookups counted.
+        fleet.flush(process.runtime.redis, settings.redis_prefix)
         # Even when the loop is cut short (the soft time limit), the jobs already signed keep
         # their results: one round trip or two for the batch instead of two per job.
         try:
             write_results(app, finished, events)
         except Exception as exc:  # not stored: those jobs go back to the queue, not acked
             log.error("results of %d signed jobs not stored (%s); requeued", len(finished), exc)
+            tally.not_stored += len(finished)
         else:
             settled.extend(f.request.id for f in finished)
+            tally.count(finished)
         process.observe_cache()
+        log.info("%s", tally)
     send_events(app, requests[0].hostname if requests else None, events)
     return settled
 

@@ -169,9 +169,11 @@ def test_a_redis_broker_gets_the_batched_fetch_transport() -> None:
         on_redis = worker_app.create_app(
             load_settings(broker_url="redis://127.0.0.1:6379/12", broker_fetch_batch=32)
         )
-        # The class itself, and Celery hands it to kombu as it is (no import by name).
-        assert on_redis.conf.broker_transport is Transport
+        # Named by its path (the setting travels as JSON in `celery inspect conf` and Flower's
+        # worker pages); kombu resolves it to the class.
+        assert on_redis.conf.broker_transport == "workers.fastpath.transport:Transport"
         assert on_redis.connection_for_write().get_transport_cls() is Transport
+        json.dumps(dict(on_redis.conf.table(with_defaults=False)), default=str)
         assert on_redis.conf.broker_transport_options["fetch_batch"] == 32
         on_rabbit = worker_app.create_app(
             load_settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")

@@ -4,7 +4,9 @@ Two views of the same sources:
 
 * :func:`collect_status` -- the report of ``GET /api/admin/kms/status`` and
   ``tenantkeys admin status``: provider, cache hit rate, KMS calls, last sweep, upcoming
-  rotations, dead letters, queue depths and breaker state.
+  rotations, dead letters, queue depths and breaker state. Cache hit rate and KMS calls are the
+  fleet's, every worker on every host (:mod:`tenantkeys.telemetry.fleet`, kept in Redis); the
+  calling process's own counters are beside them, named as such.
 * :func:`state_probe` / :func:`make_state_probe` -- a :class:`~tenantkeys.telemetry.ServiceState`
   for the shared-state gauges of ``/metrics`` (the API's and the worker exporter's).
 
@@ -34,6 +36,7 @@ from tenantkeys.keys.rotation import RotationSweep
 from tenantkeys.keys.runtime import Runtime, build_runtime
 from tenantkeys.queue.broker import BrokerProbe
 from tenantkeys.resilience import Resilience
+from tenantkeys.telemetry import fleet
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -220,6 +223,13 @@ def collect_status(
     settings = runtime.settings
     parts = _Parts()
     provider = runtime.service.providers.current
+    fleet_read: list[fleet.FleetTotals] = []
+
+    def totals() -> fleet.FleetTotals:  # one Redis round trip for both parts
+        if not fleet_read:
+            fleet_read.append(fleet.read(runtime.redis, settings.redis_prefix))
+        return fleet_read[0]
+
     last_sweep = parts.read("sweep", sources.sweep.last_run)
     rotation = parts.read("rotation", lambda: _store_stats(sources, moment))
     if rotation is not None:
@@ -236,13 +246,13 @@ def collect_status(
         "provider": {"name": provider.name, "key_id": provider.key_id},
         "breakers": parts.read("breakers", lambda: _breakers(sources)),
         "cache": {
+            "fleet": parts.read("cache_fleet", lambda: _cache_fleet(totals())),
             "process": _process_cache(runtime),
-            "metrics": parts.read("cache_metrics", lambda: _cache_metrics(settings)),
         },
         "kms": {
+            "fleet": parts.read("kms_fleet", lambda: _kms_fleet(settings, totals())),
             "calls_this_process": dict(provider.calls),
             "calls_total_this_process": runtime.service.providers.total_calls(),
-            "metrics": parts.read("kms_metrics", lambda: _kms_metrics(settings)),
         },
         "rotation": rotation,
         "dead_letters": parts.read("dead_letters", lambda: _dead_letters(sources)),
@@ -266,49 +276,31 @@ def _process_cache(runtime: Runtime) -> dict[str, Any]:
     return {"l1": l1, "l2": _rate(service.l2.stats) if service.l2 is not None else None}
 
 
-def _cache_metrics(settings: Settings) -> dict[str, dict[str, float | int]]:
-    """Cache lookups from the Prometheus counters (every process sharing the multiproc dir)."""
-    totals = metric_totals(settings.prometheus_multiproc_dir, "tenantkeys_cache_lookups_total")
-    found: dict[str, dict[str, float | int]] = {}
-    for layer in get_args(telemetry.CacheLayer):
-        stats = CacheStats(
-            hits=int(totals.get((("layer", layer), ("result", "hit")), 0)),
-            misses=int(totals.get((("layer", layer), ("result", "miss")), 0)),
-        )
-        found[layer] = _rate(stats)
-    return found
+def _since(totals: fleet.FleetTotals) -> str | None:
+    return _iso(datetime.fromtimestamp(totals.since, UTC)) if totals.since else None
 
 
-def _kms_metrics(settings: Settings) -> dict[str, Any]:
-    requests = metric_totals(settings.prometheus_multiproc_dir, "tenantkeys_kms_requests_total")
-    cost = metric_totals(
-        settings.prometheus_multiproc_dir, "tenantkeys_kms_estimated_cost_usd_total"
-    )
+def _cache_fleet(totals: fleet.FleetTotals) -> dict[str, Any]:
+    """Every worker's cache lookups, by layer, since ``since`` (the first worker's flush)."""
+    found: dict[str, Any] = {
+        layer: totals.hit_rate(layer) for layer in get_args(telemetry.CacheLayer)
+    }
+    return {**found, "since": _since(totals)}
+
+
+def _kms_fleet(settings: Settings, totals: fleet.FleetTotals) -> dict[str, Any]:
+    """Every worker's KMS calls by provider and outcome, and their estimated cost."""
+    prices = {**telemetry.DEFAULT_KMS_PRICES_USD, **settings.kms_prices_usd}
+    by_provider = {name: totals.kms_calls(name) for name in sorted(totals.kms)}
+    cost = sum(sum(calls.values()) * prices.get(name, 0.0) for name, calls in by_provider.items())
     by_outcome: dict[str, int] = {}
-    for labels, value in requests.items():
-        outcome = dict(labels).get("outcome", "?")
-        by_outcome[outcome] = by_outcome.get(outcome, 0) + int(value)
+    for calls in by_provider.values():
+        for outcome, count in calls.items():
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + count
     return {
+        "by_provider": by_provider,
         "requests_by_outcome": by_outcome,
         "requests_total": sum(by_outcome.values()),
-        "estimated_cost_usd": round(sum(cost.values()), 6),
+        "estimated_cost_usd": round(cost, 6),
+        "since": _since(totals),
     }
-
-
-def metric_totals(
-    multiproc_dir: object, sample_name: str
-) -> dict[tuple[tuple[str, str], ...], float]:
-    """Values of ``sample_name`` by sorted label pairs, from this process or the multiproc dir."""
-    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
-
-    registry: Any = REGISTRY
-    if multiproc_dir is not None:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
-    totals: dict[tuple[tuple[str, str], ...], float] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == sample_name:
-                key = tuple(sorted(sample.labels.items()))
-                totals[key] = totals.get(key, 0.0) + float(sample.value)
-    return totals

@@ -42,18 +42,19 @@ router = APIRouter(prefix="/api/admin", tags=["admin"])
 public = APIRouter(tags=["jwks"])
 _AUTH = error_responses(401, 403)
 _DOWN = error_responses(503)
-#: Public keys change only on rotation; a minute of caching spares the store at no risk.
-JWKS_MAX_AGE_SECONDS = 60
 
 
 @router.get(
     "/kms/status",
     dependencies=[AnyRole],
     responses={**_AUTH, **_DOWN},
-    summary="Provider, cache, KMS calls, rotations, dead letters, queues, breaker",
+    summary="Provider, fleet cache hit rate, KMS calls, rotations, dead letters, queues, breaker",
 )
 def status(request: Request) -> dict[str, Any]:
-    """The same report as ``tenantkeys admin status``; parts that cannot be read are null."""
+    """The same report as ``tenantkeys admin status``; parts that cannot be read are null.
+
+    Cache hit rate and KMS calls under ``fleet`` are every worker's (counters kept in Redis);
+    ``process`` / ``*_this_process`` are the API process's own."""
     return collect_status(services(request).sources())
 
 
@@ -157,4 +158,9 @@ def jwks(
     keys = services(request).runtime().service.jwks(tenant_id)
     if not keys["keys"] and not keys.get("revoked"):
         raise KeyNotFound(f"tenant {tenant_id!r} has no signing keys")
-    return JSONResponse(keys, headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"})
+    # The max-age bounds how long a cache honouring it shows a revoked key; must-revalidate
+    # forbids serving it stale beyond that (docs/verifying.md, "Revocation").
+    max_age = services(request).settings.jwks_max_age_seconds
+    return JSONResponse(
+        keys, headers={"Cache-Control": f"public, max-age={max_age}, must-revalidate"}
+    )
