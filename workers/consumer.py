@@ -17,6 +17,7 @@ import socket
 import uuid
 from typing import Any
 
+from celery.exceptions import WorkerShutdown
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
@@ -24,7 +25,9 @@ from tenantkeys.errors import ErrorCode, InvalidRequest
 from tenantkeys.jobs.deadletters import Attempt, DeadLetterStore, DeadLetterWriter
 from tenantkeys.jobs.runner import Outcome
 from tenantkeys.keys.runtime import redis_client
+from tenantkeys.queue.config import queue_type_refused
 from tenantkeys.queue.message_signing import SIGNED_CONTENT_TYPE
+from workers import delayed_delivery
 from workers.app import settings
 from workers.outcomes import Finished, ResultOnly, write_results
 
@@ -108,6 +111,25 @@ def shape_problem(message: Any) -> str | None:
 
 class DeadLetterConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with every "cannot run this message" path ending in the store."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        # Quorum queues' delay set-up through the first node that answers, not every node.
+        default_steps = [
+            delayed_delivery.STEP if step == delayed_delivery.CELERY_STEP else step
+            for step in Consumer.Blueprint.default_steps
+        ]
+
+    def start(self) -> None:
+        try:
+            super().start()
+        except Exception as exc:
+            # Queues that exist with another type stop the worker with one coded line, not
+            # Celery's "Unrecoverable error" traceback: retrying cannot help.
+            refused = queue_type_refused(exc, self.app.conf.task_default_queue_type)
+            if refused is None:
+                raise
+            log.critical("%s", refused.one_line())
+            raise WorkerShutdown(78) from exc  # EX_CONFIG
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handler = super().create_task_handler(*args, **kwargs)

@@ -107,7 +107,11 @@ class Deployment:
     # -- processes -----------------------------------------------------------------------
 
     def spawn(
-        self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
@@ -116,7 +120,7 @@ class Deployment:
             stderr=subprocess.STDOUT,
             env=self.env(extra_env),
             start_new_session=True,
-            cwd=self.tmp,
+            cwd=cwd or self.tmp,
         )
         log.close()
         self.processes.append(process)
@@ -130,6 +134,7 @@ class Deployment:
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
         wait_ready: bool = True,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """A real ``celery worker`` process; returns once it is ready (or at once)."""
         log_path = self.tmp / f"{name}.log"
@@ -155,6 +160,7 @@ class Deployment:
                 "--without-gossip",
             ],
             extra_env,
+            cwd,
         )
 
         def ready() -> bool:

@@ -6,7 +6,7 @@ below names what it relies on; :data:`PRIVATE_MEMBERS` is the same list for mach
 ``tests/unit/test_fastpath_members.py`` resolves every entry on the installed libraries and
 fails naming the member and the module that relies on it when an upgrade removes one.
 
-Checked against celery 5.6.3, kombu 5.7.0, celery-batches 0.11 and redis-py 8.1.0
+Checked against celery 5.6.3, kombu 5.7.0, celery-batches 0.11 and redis-py 8.2.0
 (:data:`CHECKED_AGAINST`); pyproject.toml pins celery, kombu and celery-batches to those minor
 versions. Before raising a pin, re-read each member's use against the new version, then update
 :data:`CHECKED_AGAINST`. If one breaks in production, ``TENANTKEYS_BROKER_FETCH_BATCH=0`` puts
@@ -62,7 +62,7 @@ from typing import Final
 
 #: The library versions every entry of :data:`PRIVATE_MEMBERS` was last checked against.
 CHECKED_AGAINST: Final[Mapping[str, str]] = MappingProxyType(
-    {"celery": "5.6.3", "kombu": "5.7.0", "celery-batches": "0.11", "redis": "8.1.0"}
+    {"celery": "5.6.3", "kombu": "5.7.0", "celery-batches": "0.11", "redis": "8.2.0"}
 )
 
 _REDIS = "kombu.transport.redis"

@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 from tenantkeys.config import Settings
 from tenantkeys.errors import ErrorCode, TransientError
 from tenantkeys.jobs import contract, messages
-from tenantkeys.queue.config import celery_config
+from tenantkeys.queue.config import celery_config, queue_type_refused
 from tenantkeys.queue.message_signing import setup_message_signing
 
 #: Messages :meth:`Producer.publish_many` buffers before one pipelined write to Redis: large
@@ -100,7 +100,7 @@ class Producer:
 
     def publish(self, job: Job) -> None:
         """Send one job; ``TK-BROKER-UNAVAILABLE`` when the broker does not take it."""
-        with _unreachable(f"the broker did not accept job {job.job_id}; retry later"):
+        with self._unreachable(f"the broker did not accept job {job.job_id}; retry later"):
             self._send(job, None)
 
     def publish_many(self, jobs: Iterable[Job]) -> int:
@@ -111,7 +111,7 @@ class Producer:
         """
         batch = list(jobs)
         with (
-            _unreachable(
+            self._unreachable(
                 f"the broker did not accept all of {len(batch)} jobs; "
                 "send them again with the same job_ids"
             ),
@@ -135,6 +135,19 @@ class Producer:
             headers={messages.ENQUEUED_AT_HEADER: time.time()},
             producer=producer,
         )
+
+    @contextmanager
+    def _unreachable(self, message: str) -> Iterator[None]:
+        """:func:`_unreachable`, and a queue declared otherwise before as
+        ``TK-BROKER-QUEUE-TYPE`` (a configuration error: retrying cannot help)."""
+        try:
+            with _unreachable(message):
+                yield
+        except Exception as exc:
+            refused = queue_type_refused(exc, self.app.conf.task_default_queue_type)
+            if refused is None:
+                raise
+            raise refused from exc
 
     def state(self, job_id: str) -> JobState:
         """The job's state and result as stored now (``PENDING`` when nothing is stored)."""
