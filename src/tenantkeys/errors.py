@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     KMS_CIRCUIT_OPEN = "TK-KMS-CIRCUIT-OPEN"
     MASTER_KEY_INVALID = "TK-LOCAL-MASTER-KEY-INVALID"
     STORE_UNAVAILABLE = "TK-STORE-UNAVAILABLE"
+    STORE_NOT_FOUND = "TK-STORE-NOT-FOUND"
     CACHE_UNAVAILABLE = "TK-CACHE-UNAVAILABLE"
     INVALID_TENANT = "TK-INVALID-TENANT"
     INVALID_PURPOSE = "TK-INVALID-PURPOSE"
@@ -57,6 +58,8 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "TK-PAYLOAD-TOO-LARGE"
     INVALID_ENCODING = "TK-INVALID-ENCODING"
     INVALID_JSON = "TK-INVALID-JSON"
+    JSON_TOO_DEEP = "TK-JSON-TOO-DEEP"
+    JSON_NOT_I_JSON = "TK-JSON-NOT-I-JSON"
     INVALID_JWS = "TK-INVALID-JWS"
     UNKNOWN_KID = "TK-UNKNOWN-KID"
     KEY_NOT_FOUND = "TK-KEY-NOT-FOUND"
@@ -69,6 +72,7 @@ class ErrorCode(StrEnum):
     JWS_B64_UNSUPPORTED = "TK-JWS-B64-UNSUPPORTED"
     JWS_ALG_UNSUPPORTED = "TK-JWS-ALG-UNSUPPORTED"
     JWS_KEY_TYPE_MISMATCH = "TK-JWS-KEY-TYPE-MISMATCH"
+    JWS_ALG_MISMATCH = "TK-JWS-ALG-MISMATCH"
     JWS_HIGH_S = "TK-JWS-HIGH-S"
     DECRYPT_FAILED = "TK-DECRYPT-FAILED"
     AUTH_REQUIRED = "TK-AUTH-REQUIRED"
@@ -78,6 +82,7 @@ class ErrorCode(StrEnum):
     JOB_DEAD_LETTERED = "TK-JOB-DEAD-LETTERED"
     DEAD_LETTER_NOT_FOUND = "TK-DEAD-LETTER-NOT-FOUND"
     BROKER_UNAVAILABLE = "TK-BROKER-UNAVAILABLE"
+    BROKER_QUEUE_TYPE = "TK-BROKER-QUEUE-TYPE"
     PORT_IN_USE = "TK-PORT-IN-USE"
 
 
@@ -276,8 +281,10 @@ class JobTimeout(TransientError):
         "retry",
         504,
         "error",
-        "no worker finished the job in time: check that workers run and the queue is not "
-        "backed up; resubmitting with the same job id is safe (see {doc})",
+        "no worker finished the job in time: check that a worker runs (celery -A "
+        "workers.app:app inspect ping) and the queue is not backed up; tenantkeys job show "
+        "JOB_ID fetches the result later, and resubmitting with the same job id is safe "
+        "(see {doc})",
     )
 
 
