@@ -309,7 +309,9 @@ def test_masked_url_hides_only_the_password() -> None:
     assert masked_url("amqp://guest:pw@h:5672//") == "amqp://guest:***@h:5672//"
     assert masked_url("redis://token@h/0") == "redis://***@h/0"
     # A failover list is masked URL by URL (the quorum-queue cluster URLs).
-    assert masked_url("amqp://u:one@n1//;amqp://u:two@n2//") == "amqp://u:***@n1//;amqp://u:***@n2//"
+    assert (
+        masked_url("amqp://u:one@n1//;amqp://u:two@n2//") == "amqp://u:***@n1//;amqp://u:***@n2//"
+    )
     assert masked_url("redis://h:6379/0") == "redis://h:6379/0"
     assert masked_url("sqlite:////a@b/keys.db") == "sqlite:////a@b/keys.db"  # '@' in a path
 

@@ -6,7 +6,8 @@ deployment's key store, as a shared database would be). Network namespaces would
 more separate still; the broker sees what it sees when a machine goes: connections that stop
 answering, then die.
 
-The host is lost in two steps, as a machine that loses power or its network is: first it stops
+Each burst is published while both hosts are frozen, then both are thawed. The host is lost
+in two steps, as a machine that loses power or its network is: first it stops
 answering (SIGSTOP to its whole process group), then its processes are gone (SIGKILL). Between
 the two, the other host drains everything it can; what is then still unfinished, not queued, is
 exactly what the lost host holds. A round where it held nothing does not count: the host is
@@ -108,10 +109,19 @@ def test_a_worker_host_lost_mid_run_loses_nothing(
             caught = 0
             fault_started = time.monotonic()
             for round_ in range(ROUNDS):
+                # The burst is published while both hosts are frozen, so neither can finish it
+                # before anyone looks (hosts that keep up with the publisher hold nothing).
+                for host in (lost, kept):
+                    os.killpg(host.pid, signal.SIGSTOP)
                 sent.extend(_burst(client, f"round-{round_}"))
+                for host in (lost, kept):
+                    os.killpg(host.pid, signal.SIGCONT)
                 # Freeze host A once the fleet holds work, never on a timer.
                 wait_for(
-                    lambda: _unfinished(deployment, probe, sent)[1], 60, "the hosts to hold jobs"
+                    lambda: _unfinished(deployment, probe, sent)[1],
+                    60,
+                    "the hosts to hold jobs",
+                    0.005,
                 )
                 os.killpg(lost.pid, signal.SIGSTOP)
                 # Host B drains the queue; what then stays unfinished is what host A holds.
