@@ -38,6 +38,7 @@ from tenantkeys.queue.config import celery_config
 from tenantkeys.queue.message_signing import setup_message_signing
 from tenantkeys.queue.tracing import instrument_celery
 from tenantkeys.resilience import Resilience, RetryPolicy
+from tenantkeys.signing.timestamps import Timestamper
 from tenantkeys.telemetry import tracing
 from workers.beat import beat_schedule
 from workers.fastpath.transport import Transport as FastpathTransport
@@ -60,6 +61,10 @@ def create_app(settings: Settings) -> Celery:
         # In-memory schedule: the default shelve file is pickle, and the sweep is idempotent.
         beat_scheduler="celery.beat:Scheduler",
     )
+    # A sentinel:// broker keeps kombu's stock SentinelChannel: the fast path's atomic take
+    # guards against a killed worker, which Sentinel's asynchronous replication cannot match on
+    # a killed primary; combining the two would fence more of kombu's private members for that
+    # (docs/reliability.md#redis-sentinel).
     if settings.effective_broker_url.startswith("redis://"):
         # kombu's Redis transport, many messages per round trip, none lost on a SIGKILL
         # (workers/fastpath/transport.py). Imported above, so an import error shows here; named
@@ -113,6 +118,7 @@ def build_process(config: Settings) -> WorkerProcess:
         RetryPolicy.from_settings(config),
         worker=f"{socket.gethostname()}:{os.getpid()}",
         out_of_time=(SoftTimeLimitExceeded,),
+        timestamper=Timestamper.from_settings(config),
     )
     return WorkerProcess(os.getpid(), runtime, resilience, deadletters, runner)
 

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tenantkeys.cli.context import emit, runtime, settings
 from tenantkeys.cli.jobs import check_job_id, worker_check
-from tenantkeys.errors import ErrorCode, InvalidRequest, JobTimeout, KeyNotFound, VerificationError
+from tenantkeys.errors import (
+    ErrorCode,
+    InvalidRequest,
+    JobTimeout,
+    KeyNotFound,
+    KeyRevoked,
+    TenantKeysError,
+    VerificationError,
+)
+from tenantkeys.signing import Signature, parse_compact, verify_parsed
+from tenantkeys.signing.timestamps import (
+    Timestamper,
+    signed_before_revocation,
+    verify_timestamp,
+)
+
+if TYPE_CHECKING:
+    from tenantkeys.keys.service import KeyService
 
 
 def read_payload(file: Path | None, data: str | None, stdin: str | None) -> bytes:
@@ -94,13 +113,27 @@ def sign_command(
         emit(result.to_dict())
         return
     service = runtime(create=False).service
-    emit(service.sign(tenant_id, payload, canonical_json=canonical_json).to_dict())
+    signature = service.sign(tenant_id, payload, canonical_json=canonical_json)
+    timestamper = Timestamper.from_settings(settings())
+    if timestamper is not None:
+        signature = replace(signature, timestamp=timestamper.stamp(signature.jws))
+    emit(signature.to_dict())
 
 
 @click.command("verify")
 @with_payload
+@click.option("--jws", help="The compact JWS (detached or not), exactly as it was issued.")
 @click.option(
-    "--jws", required=True, help="The compact JWS (detached or not), exactly as it was issued."
+    "--signature",
+    "signature_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The signature JSON `tenantkeys sign` printed (its jws, and its timestamp if any).",
+)
+@click.option("--timestamp", help="An RFC 3161 token (base64 TimeStampResp) over the JWS.")
+@click.option(
+    "--tsa-ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The TSA's CA certificates (PEM) to trust [default: TENANTKEYS_TSA_CA_FILE].",
 )
 def verify_command(
     tenant_id: str,
@@ -108,31 +141,114 @@ def verify_command(
     data: str | None,
     stdin: str | None,
     canonical_json: bool,
-    jws: str,
+    jws: str | None,
+    signature_file: Path | None,
+    timestamp: str | None,
+    tsa_ca: Path | None,
 ) -> None:
     """Exit 0 when the JWS verifies for this tenant; 1 with the reason on stderr when not.
 
     Strict: a JWS in any spelling but the one issued (padding, whitespace, high-S, repeated
     header members, crit, b64 ...) is refused with its own code; see docs/verifying.md.
+    With a timestamp, its genTime is checked too; a signature by a since revoked key is
+    valid only when the timestamp proves it was made before the revocation.
     """
     payload = read_payload(file, data, stdin)
+    jws, timestamp = _signature_parts(jws, signature_file, timestamp)
     try:
         service = runtime(create=False).service
-        result = service.verify(tenant_id, payload, jws, canonical_json=canonical_json)
+        try:
+            result = service.verify(tenant_id, payload, jws, canonical_json=canonical_json)
+            facts: dict[str, Any] = {
+                "valid": True,
+                "tenant_id": result.tenant_id,
+                "kid": result.kid,
+                "version": result.version,
+                "status": result.status,
+            }
+            if timestamp is not None:
+                stamped = verify_timestamp(timestamp, jws, _tsa_trust(tsa_ca))
+                facts.update(timestamp=stamped.isoformat(), timestamp_verdict="timestamp valid")
+        except KeyRevoked:
+            if timestamp is None:
+                raise
+            facts = _verify_revoked(service, tenant_id, payload, jws, canonical_json)
+            stamped = verify_timestamp(timestamp, jws, _tsa_trust(tsa_ca))
+            signed_before_revocation(timestamp, facts["revoked_at"])
+            facts.update(
+                timestamp=stamped.isoformat(),
+                revoked_at=facts["revoked_at"].isoformat(),
+                timestamp_verdict="signed before the key was revoked",
+            )
     except (VerificationError, InvalidRequest) as exc:
         if exc.code in {ErrorCode.INVALID_TENANT, ErrorCode.PAYLOAD_TOO_LARGE}:
             raise
         click.echo(f"invalid: {exc.one_line()}", err=True)
         sys.exit(1)
-    emit(
-        {
-            "valid": True,
-            "tenant_id": result.tenant_id,
-            "kid": result.kid,
-            "version": result.version,
-            "status": result.status,
-        }
+    emit(facts)
+
+
+def _signature_parts(
+    jws: str | None, signature_file: Path | None, timestamp: str | None
+) -> tuple[str, str | None]:
+    """The JWS and timestamp from ``--jws``/``--timestamp`` or a signature JSON file."""
+    if (jws is None) == (signature_file is None):
+        raise InvalidRequest("give exactly one of --jws JWS or --signature FILE")
+    if signature_file is None:
+        assert jws is not None
+        return jws, timestamp
+    try:
+        found = Signature.from_dict(json.loads(signature_file.read_bytes()))
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {signature_file}: {exc.strerror}") from None
+    except (ValueError, TenantKeysError):
+        raise InvalidRequest(
+            f"{signature_file} is not the signature JSON `tenantkeys sign` prints",
+            code=ErrorCode.INVALID_JSON,
+        ) from None
+    return found.jws, timestamp if timestamp is not None else found.timestamp
+
+
+def _tsa_trust(tsa_ca: Path | None) -> Path:
+    trust = tsa_ca or settings().tsa_ca_file
+    if trust is None:
+        raise InvalidRequest(
+            "a timestamp is checked against its TSA's CA: give --tsa-ca FILE or set "
+            "TENANTKEYS_TSA_CA_FILE"
+        )
+    return trust
+
+
+def _verify_revoked(
+    service: KeyService, tenant_id: str, payload: bytes | None, jws: str, canonical_json: bool
+) -> dict[str, Any]:
+    """Check a JWS against its revoked key; the facts, with ``revoked_at`` as a datetime.
+
+    Only for a JWS that carries a timestamp: the caller still has to prove it predates the
+    revocation. service.verify has checked the spelling and the tenant already.
+    """
+    parsed = parse_compact(jws)
+    version = service.store.by_kid(tenant_id, parsed.header["kid"])
+    if version is None or version.public_key is None or version.revoked_at is None:
+        raise KeyRevoked(f"key {parsed.header['kid']!r} of tenant {tenant_id!r} was revoked")
+    data = (
+        parsed.payload
+        if payload is None
+        else service.check_payload(payload, canonical_json=canonical_json)
     )
+    if data is None:
+        raise InvalidRequest("detached JWS: give the payload that was signed")
+    if parsed.payload is not None and parsed.payload != data:
+        raise VerificationError("the JWS carries a different payload than the one given")
+    verify_parsed(parsed, data, version.algorithm, version.public_key)
+    return {
+        "valid": True,
+        "tenant_id": tenant_id,
+        "kid": version.kid,
+        "version": version.version,
+        "status": version.status.value,
+        "revoked_at": version.revoked_at,
+    }
 
 
 @click.command("jwks")

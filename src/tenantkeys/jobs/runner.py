@@ -19,12 +19,19 @@ from typing import Any, cast, get_args
 import redis
 
 from tenantkeys import telemetry
-from tenantkeys.errors import CacheUnavailable, InvalidRequest, TenantKeysError, TransientError
+from tenantkeys.errors import (
+    CacheUnavailable,
+    ErrorCode,
+    InvalidRequest,
+    TenantKeysError,
+    TransientError,
+)
 from tenantkeys.jobs import contract, messages
 from tenantkeys.jobs.deadletters import Attempt, DeadLetterStore, DeadLetterWriter
 from tenantkeys.keys.model import Purpose
 from tenantkeys.keys.service import KeyService
 from tenantkeys.resilience import RetryPolicy, as_error
+from tenantkeys.signing.timestamps import Timestamper
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +83,11 @@ class JobRunner:
         *,
         worker: str = "unknown",
         out_of_time: tuple[type[BaseException], ...] = (),
+        timestamper: Timestamper | None = None,
     ) -> None:
         self.service = service
+        #: With TENANTKEYS_TSA_URL set: every signature carries an RFC 3161 token, or fails.
+        self.timestamper = timestamper
         #: Exceptions meaning "the job ran out of time" (Celery's soft time limit): retried.
         self.out_of_time = out_of_time
         self.deadletters = deadletters
@@ -171,12 +181,21 @@ class JobRunner:
     def _sign(self, args: contract.SignArgs) -> dict[str, str]:
         payload = messages.decode_payload(args["payload"])
         canonical = args.get("canonical_json", False)
-        return self.service.sign(args["tenant_id"], payload, canonical_json=canonical).to_dict()
+        signature = self.service.sign(args["tenant_id"], payload, canonical_json=canonical)
+        if self.timestamper is not None:
+            # One token per signature, batch items too (docs/verifying.md#timestamps says why);
+            # a TSA that fails fails the signature (retried), never issues it unstamped.
+            signature = replace(signature, timestamp=self.timestamper.stamp(signature.jws))
+        return signature.to_dict()
 
     def _sign_batch(self, args: contract.SignBatchArgs) -> contract.SignBatchResult:
         results: list[dict[str, Any]] = []
         transient: TenantKeysError | None = None
         for item in args["items"]:
+            if transient is not None and transient.code == ErrorCode.TSA_UNAVAILABLE:
+                # The TSA is down: the rest would each wait out its timeout; retry them all.
+                results.append(messages.failed(transient))
+                continue
             try:
                 signed = self._sign(contract.parse_arguments(contract.SIGN, item))
                 results.append(messages.ok(signed))

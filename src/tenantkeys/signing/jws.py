@@ -106,9 +106,12 @@ class Signature:
     alg: str
     payload_sha256: str
     signed_at: str
+    #: Base64 (standard alphabet) DER of an RFC 3161 TimeStampResp over SHA-256 of the JWS's
+    #: third segment (see tenantkeys.signing.timestamps); ``None`` with timestamps off.
+    timestamp: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {
+        data = {
             "jws": self.jws,
             "kid": self.kid,
             "tenant_id": self.tenant_id,
@@ -116,14 +119,26 @@ class Signature:
             "payload_sha256": self.payload_sha256,
             "signed_at": self.signed_at,
         }
+        if self.timestamp is not None:
+            data["timestamp"] = self.timestamp
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Signature:
-        """The signature a job result holds; ``TK-INTERNAL`` when a field is missing."""
+        """The signature a job result holds; ``TK-INTERNAL`` when a field is missing.
+
+        ``timestamp`` is optional: results from before it existed still parse.
+        """
         try:
-            return cls(**{name: str(data[name]) for name in cls.__dataclass_fields__})
-        except (KeyError, TypeError):
+            fields = {name: str(data[name]) for name in REQUIRED_SIGNATURE_FIELDS}
+            timestamp = data.get("timestamp")
+            return cls(**fields, timestamp=None if timestamp is None else str(timestamp))
+        except (KeyError, TypeError, AttributeError):
             raise TenantKeysError("a signing job returned no signature") from None
+
+
+#: The members every :class:`Signature` dict has.
+REQUIRED_SIGNATURE_FIELDS = ("jws", "kid", "tenant_id", "alg", "payload_sha256", "signed_at")
 
 
 @dataclass(frozen=True)
