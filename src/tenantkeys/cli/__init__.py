@@ -23,6 +23,7 @@ COMMANDS = {
     "sign": "tenantkeys.cli.signing:sign_command",
     "verify": "tenantkeys.cli.signing:verify_command",
     "jwks": "tenantkeys.cli.signing:jwks_command",
+    "evidence": "tenantkeys.cli.evidence:evidence_group",
     "job": "tenantkeys.cli.jobs:job_group",
     "demo": "tenantkeys.cli.processes:demo_command",
     "dev": "tenantkeys.cli.processes:dev_command",
