@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from tenantkeys.cli.ports import LOCALHOST, bundled_redis, require_free
 from tenantkeys.cli.probes import group_alive
-from tenantkeys.config import Settings, environment_with
+from tenantkeys.config import Settings, environment_with, masked_url
 from tenantkeys.errors import CacheUnavailable, ErrorCode, TenantKeysError
 from tenantkeys.keys.runtime import redis_available, redis_client
 
@@ -64,10 +64,12 @@ def redis_plan(settings: Settings) -> tuple[str, int | None]:
             return settings.redis_url, None
     finally:
         client.close()
+    shown = masked_url(settings.redis_url)
     if not settings.embedded_redis or settings.environment == "production":
-        raise CacheUnavailable(
-            f"Redis does not answer at {settings.redis_url} (and the bundled one is off)"
-        )
+        raise CacheUnavailable(f"Redis does not answer at {shown} (and the bundled one is off)")
+    if settings.redis_url.startswith("sentinel://"):
+        # A bundled server cannot stand in for a Sentinel deployment (nor take a sentinel's port).
+        raise CacheUnavailable(f"no Redis Sentinel answers at {shown}; the bundled one is plain")
     # Same port as configured when it is a loopback one, so every other command (sign
     # --via-queue, dlq ...) reaches the bundled server with unchanged settings.
     parsed = urlsplit(settings.redis_url)
@@ -107,7 +109,9 @@ class LocalStack:
             require_free(bundled_redis(port))
             self.start_redis(port)
             log.warning(
-                "no Redis answered at %s; started a bundled one at %s", settings.redis_url, url
+                "no Redis answered at %s; started a bundled one at %s",
+                masked_url(settings.redis_url),
+                url,
             )
         return url
 

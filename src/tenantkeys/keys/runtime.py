@@ -8,13 +8,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from tenantkeys import telemetry
 from tenantkeys.config import Settings, masked_url
+from tenantkeys.config.urls import is_sentinel, sentinel_address
 from tenantkeys.keys.cache import LocalKeyCache
 from tenantkeys.keys.kms import ProviderSet, check_providers
 from tenantkeys.keys.material import UnlockedKey
@@ -30,14 +33,41 @@ REDIS_SOCKET_TIMEOUT = 1.0
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
+    """The client of the cache, invalidations, locks, breaker, dead letters and fleet counters."""
+    return redis_from_url(
         settings.redis_url,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        sentinel_master=settings.redis_sentinel_master,
+        timeout=REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
         # One quick retry; the L2 cache then backs off on its own rather than stall signing.
         retry=Retry(NoBackoff(), 1),
     )
+
+
+def redis_from_url(
+    url: str, *, sentinel_master: str, timeout: float, **options: Any
+) -> redis.Redis:
+    """The one place a Redis client is built: ``redis://``, ``rediss://``, ``unix://``, or a
+    Sentinel URL (:mod:`tenantkeys.config.urls`), served by whichever server the sentinels
+    name primary of ``sentinel_master``.
+
+    A Sentinel client asks the sentinels for the primary on each new connection, so after a
+    failover the next command (and a pub/sub resubscription) reaches the new primary; idle
+    connections to the old one are dropped when the address changes (redis-py's
+    ``SentinelConnectionPool``).
+    """
+    timeouts: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **timeouts, **options)
+    address = sentinel_address(url)
+    login: dict[str, Any] = {"username": address.username, "password": address.password}
+    # The sentinels themselves are asked with the timeouts only: their login, if any, is not
+    # the primary's (redis-py's sentinel_kwargs).
+    sentinels = Sentinel(list(address.sentinels), sentinel_kwargs=timeouts)
+    client: redis.Redis = sentinels.master_for(
+        sentinel_master, db=address.db, **login, **timeouts, **options
+    )
+    return client
 
 
 def redis_available(client: redis.Redis) -> bool:

@@ -15,10 +15,11 @@ import redis
 from tenantkeys import jobs
 from tenantkeys.config import Settings
 from tenantkeys.errors import ErrorCode, TenantKeysError, TransientError
+from tenantkeys.keys.runtime import redis_from_url
 from tenantkeys.queue.config import celery_config
 
 #: Broker URL schemes read with Redis LLEN; the AMQP ones with a passive queue_declare.
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
 _AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 #: Broker reads must answer well inside a Prometheus scrape timeout (10 s by default).
 BROKER_TIMEOUT_SECONDS = 2.0
@@ -32,10 +33,10 @@ class BrokerProbe:
         self._options = dict(transport_options)
         self._redis: redis.Redis | None = None
         if broker_url.startswith(_REDIS_SCHEMES):
-            self._redis = redis.Redis.from_url(
+            self._redis = redis_from_url(
                 broker_url,
-                socket_connect_timeout=BROKER_TIMEOUT_SECONDS,
-                socket_timeout=BROKER_TIMEOUT_SECONDS,
+                sentinel_master=str(self._options.get("master_name", "")),
+                timeout=BROKER_TIMEOUT_SECONDS,
             )
 
     @classmethod

@@ -19,6 +19,8 @@ from tenantkeys.jobs.contract import EXCHANGE, MAINTENANCE_QUEUE, QUEUES, ROUTES
 
 #: Broker URL schemes of RabbitMQ (each part of a ``;``-separated failover URL).
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+#: Broker and result URLs served by Redis (``sentinel://``: through its sentinels).
+_REDIS_BROKERS = ("redis://", "rediss://", "unix://", "sentinel://")
 
 
 def is_amqp(broker_url: str) -> bool:
@@ -130,7 +132,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         if quorum
         else {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1}
     )
-    if broker.startswith(("redis://", "rediss://", "unix://")):
+    if broker.startswith(_REDIS_BROKERS):
         transport["visibility_timeout"] = settings.broker_visibility_timeout_seconds
         # Look for a dead worker's unacked jobs every tenth of the visibility timeout (at most
         # every minute): kombu's default (a scan every ~100 s) would dwarf a short timeout.
@@ -147,8 +149,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Queues live under the deployment's prefix, like every other key we write.
         transport["global_keyprefix"] = f"{settings.redis_prefix}:"
     results: dict[str, Any] = {}
-    if settings.effective_result_backend.startswith(("redis://", "rediss://", "unix://")):
+    if settings.effective_result_backend.startswith(_REDIS_BROKERS):
         results["global_keyprefix"] = f"{settings.redis_prefix}:"
+    # kombu's SentinelChannel and Celery's SentinelBackend ask the sentinels for this primary.
+    if broker.startswith("sentinel://"):
+        transport["master_name"] = settings.redis_sentinel_master
+    if settings.effective_result_backend.startswith("sentinel://"):
+        results["master_name"] = settings.redis_sentinel_master
     return {
         "broker_url": broker,
         "result_backend": settings.effective_result_backend,

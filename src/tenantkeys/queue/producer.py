@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.exceptions import OperationalError
 
 from tenantkeys.config import Settings
@@ -47,11 +47,20 @@ class PollingRedisBackend(RedisBackend):  # type: ignore[misc]
         return None
 
 
+class PollingSentinelBackend(SentinelBackend):  # type: ignore[misc]
+    """:class:`PollingRedisBackend` for Redis behind Sentinel (``sentinel://`` URLs)."""
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
 def _polling_backend(url: str) -> str:
-    """``url`` served by :class:`PollingRedisBackend` when it is a Redis URL (Celery's
-    ``module:Class+scheme://`` form), unchanged otherwise."""
+    """``url`` served by :class:`PollingRedisBackend` (or its Sentinel twin) when it is a Redis
+    URL (Celery's ``module:Class+scheme://`` form), unchanged otherwise."""
     if url.startswith(("redis://", "rediss://")):
         return f"{__name__}:PollingRedisBackend+{url}"
+    if url.startswith("sentinel://"):
+        return f"{__name__}:PollingSentinelBackend+{url}"
     return url
 
 
