@@ -224,6 +224,16 @@ def test_flower_shows_every_job_truthfully(deployment: Deployment) -> None:
         "the worker's heartbeat to count 4 processed jobs",
         0.5,
     )
+    # Flower's worker API asks the worker itself (`celery inspect` stats, conf, queues): the
+    # reply must encode as JSON (the fast-path transport setting is a path, not a class).
+    inspected = wait_for(
+        lambda: flower.get("/api/workers?refresh=1").get(hostname),
+        30,
+        "Flower's /api/workers to hold the worker's own answers",
+        0.5,
+    )
+    assert inspected.get("stats", {}).get("total", {}).get("tenantkeys.sign") == 3, inspected
+    assert inspected.get("conf", {}).get("broker_transport"), inspected.get("conf")
 
     # -- the pages, as an operator's browser shows them ------------------------------------
     workers_page = flower.page("/workers")
