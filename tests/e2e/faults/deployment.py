@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from tests.conftest import REDIS_HOST, REDIS_PORT
-from tests.e2e.harness import Deployment
+from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
+from tests.e2e.harness import Deployment, rabbitmq_vhost
 
 #: Redis database of the fault suite (results, dead letters, queues, under unique prefixes).
 FAULT_REDIS_DB = 6
@@ -27,6 +28,23 @@ def fault_deployment(tmp: Path, broker_url: str | None = None, **overrides: Any)
     made.prefix = f"tkfault-{uuid.uuid4().hex[:10]}"
     made.values["redis_prefix"] = made.prefix
     return made
+
+
+def on_broker(broker: str, tmp: Path) -> Iterator[Deployment]:
+    """A fault deployment on ``broker`` ("redis", or "rabbitmq" in a vhost of its own), stopped
+    and cleaned afterwards: the body of a fixture parametrised over both brokers."""
+    if broker == "redis":
+        made = fault_deployment(tmp)
+        yield made
+        made.stop()
+        return
+    if not port_open("127.0.0.1", 5672):
+        service_missing("RabbitMQ at 127.0.0.1:5672")
+    with rabbitmq_vhost() as url:
+        made = fault_deployment(tmp, broker_url=url)
+        yield made
+        made.stop()
+        cleanup_prefix(made.settings.redis_url, made.prefix)
 
 
 def cleanup_prefix(url: str, prefix: str) -> None:

@@ -41,6 +41,16 @@ def send_sign_jobs(client: SigningClient, tenants: list[str], count: int, tag: s
     return made
 
 
+def burst(client: SigningClient, tenants: list[str], count: int, tag: str) -> list[Job]:
+    """``count`` jobs published together (pipelined), round-robin over ``tenants``."""
+    made = [
+        Job(str(uuid.uuid4()), tenants[i % len(tenants)], distinctive_payload(f"{tag}-{i}"))
+        for i in range(count)
+    ]
+    client.submit_many([(j.tenant, j.payload) for j in made], job_ids=[j.job_id for j in made])
+    return made
+
+
 def results(deployment: Deployment, job_ids: list[str]) -> dict[str, Any]:
     """The final outcome of each job that has one (Redis backend, read in one MGET), as an
     envelope: a FAILURE (rejected, dead-lettered) becomes ``{"ok": false, "error": detail}``."""

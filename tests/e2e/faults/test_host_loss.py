@@ -19,22 +19,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tenantkeys import jobs
-from tenantkeys.client import SigningClient
 from tenantkeys.queue.broker import BrokerProbe
-from tests.conftest import port_open, service_missing
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
-from tests.e2e.faults.deployment import cleanup_prefix, fault_deployment
+from tests.e2e.faults.deployment import on_broker
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.report import FaultRecord
-from tests.e2e.faults.sending import Job, distinctive_payload, results
-from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
+from tests.e2e.faults.sending import Job, burst, results
+from tests.e2e.harness import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,15 +40,6 @@ ROUNDS = 5
 #: Jobs per burst: several times one host's prefetch (16 x 2), so both hosts hold some.
 BURST = 600
 TENANTS = ["h1", "h2", "h3", "h4"]
-
-
-def _burst(client: SigningClient, tag: str) -> list[Job]:
-    made = [
-        Job(str(uuid.uuid4()), TENANTS[i % len(TENANTS)], distinctive_payload(f"{tag}-{i}"))
-        for i in range(BURST)
-    ]
-    client.submit_many([(j.tenant, j.payload) for j in made], job_ids=[j.job_id for j in made])
-    return made
 
 
 def _unfinished(deployment: Deployment, probe: BrokerProbe, sent: list[Job]) -> tuple[int, int]:
@@ -75,18 +63,7 @@ def _host(deployment: Deployment, name: str) -> tuple[Path, dict[str, str]]:
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    if request.param == "redis":
-        made = fault_deployment(tmp_path)
-        yield made
-        made.stop()
-        return
-    if not port_open("127.0.0.1", 5672):
-        service_missing("RabbitMQ at 127.0.0.1:5672")
-    with rabbitmq_vhost() as url:
-        made = fault_deployment(tmp_path, broker_url=url)
-        yield made
-        made.stop()
-        cleanup_prefix(made.settings.redis_url, made.prefix)
+    yield from on_broker(request.param, tmp_path)
 
 
 def test_a_worker_host_lost_mid_run_loses_nothing(
@@ -113,7 +90,7 @@ def test_a_worker_host_lost_mid_run_loses_nothing(
                 # before anyone looks (hosts that keep up with the publisher hold nothing).
                 for host in (lost, kept):
                     os.killpg(host.pid, signal.SIGSTOP)
-                sent.extend(_burst(client, f"round-{round_}"))
+                sent.extend(burst(client, TENANTS, BURST, f"round-{round_}"))
                 for host in (lost, kept):
                     os.killpg(host.pid, signal.SIGCONT)
                 # Freeze host A once the fleet holds work, never on a timer.

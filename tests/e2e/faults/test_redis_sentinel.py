@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -187,7 +189,13 @@ def test_primary_killed_while_signing(
         channel = f"{deployment.prefix}:invalidate"
 
         sent = _burst("before", TENANTS, BURST)
-        _send(client, sent)
+        # Sent while the worker is frozen, so it cannot finish the burst before anyone looks
+        # (a worker that keeps up with the publisher holds nothing; seen on RabbitMQ).
+        os.killpg(worker.pid, signal.SIGSTOP)
+        try:
+            _send(client, sent)
+        finally:
+            os.killpg(worker.pid, signal.SIGCONT)
         held = wait_for(
             lambda: _held(deployment, probe, sent), 60, "the worker to hold unfinished jobs", 0.005
         )

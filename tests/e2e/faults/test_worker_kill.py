@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tenantkeys import jobs
-from tenantkeys.client import SigningClient
 from tenantkeys.queue.broker import BrokerProbe
-from tests.conftest import port_open, service_missing
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
-from tests.e2e.faults.deployment import cleanup_prefix, fault_deployment
+from tests.e2e.faults.deployment import on_broker
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.report import FaultRecord
-from tests.e2e.faults.sending import Job, distinctive_payload, results
-from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
+from tests.e2e.faults.sending import Job, burst, results
+from tests.e2e.harness import Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +34,6 @@ KILLS = 3
 #: worker holds some while the rest still wait.
 BURST = 600
 TENANTS = ["k1", "k2", "k3", "k4"]
-
-
-def _burst(client: SigningClient, tag: str) -> list[Job]:
-    """BURST jobs published together (pipelined), so the worker falls behind for a moment."""
-    made = [
-        Job(str(uuid.uuid4()), TENANTS[i % len(TENANTS)], distinctive_payload(f"{tag}-{i}"))
-        for i in range(BURST)
-    ]
-    client.submit_many([(j.tenant, j.payload) for j in made], job_ids=[j.job_id for j in made])
-    return made
 
 
 def _held_by_the_worker(deployment: Deployment, probe: BrokerProbe, sent: list[Job]) -> int:
@@ -58,18 +45,7 @@ def _held_by_the_worker(deployment: Deployment, probe: BrokerProbe, sent: list[J
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    if request.param == "redis":
-        made = fault_deployment(tmp_path)
-        yield made
-        made.stop()
-        return
-    if not port_open("127.0.0.1", 5672):
-        service_missing("RabbitMQ at 127.0.0.1:5672")
-    with rabbitmq_vhost() as url:
-        made = fault_deployment(tmp_path, broker_url=url)
-        yield made
-        made.stop()
-        cleanup_prefix(made.settings.redis_url, made.prefix)
+    yield from on_broker(request.param, tmp_path)
 
 
 def test_workers_sigkilled_during_batches_lose_nothing(
@@ -91,7 +67,9 @@ def test_workers_sigkilled_during_batches_lose_nothing(
             caught: list[int] = []
             fault_started = time.monotonic()
             for kill in range(KILLS):
-                sent.extend(_burst(client, f"kill-{kill}"))  # a backlog: no worker consumes
+                sent.extend(
+                    burst(client, TENANTS, BURST, f"kill-{kill}")
+                )  # a backlog: no worker consumes
                 worker = deployment.worker(f"w{kill}", wait_ready=False)
                 # Kill as soon as the worker holds jobs it has not finished, never on a timer.
                 held = wait_for(
