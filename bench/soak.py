@@ -184,6 +184,8 @@ class Soak:
         self.worker_pid = 0
         self.started = time.monotonic()
         self._stop = threading.Event()
+        #: Set by SIGINT/SIGTERM: the load stops, the run drains and reports what it has.
+        self.interrupted = threading.Event()
 
     # -- processes -----------------------------------------------------------------------
 
@@ -388,6 +390,9 @@ class Soak:
         )
         chaos.start()
         while (elapsed := time.monotonic() - self.started_load) < total:
+            if self.interrupted.is_set():
+                self.mark("interrupted: load stopped early")
+                break
             now = time.monotonic()
             credit += (now - last) * rate
             last = now
@@ -608,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     with soak_redis(out / "redis") as store:
         env = BenchEnv(QUICK, redis_url=store.url)
         soak = Soak(plan, env, store)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _n, _f: soak.interrupted.set())
         try:
             summary = soak.run()
         finally:
