@@ -62,6 +62,17 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_database(redis_url: str) -> Iterator[str]:
+    """The URL of a Redis database leased to this test alone (for Celery's unprefixed queue and
+    result keys); flushed before and after (:mod:`tests.redis_databases`)."""
+    from tests.redis_databases import lease_database
+
+    leased = lease_database("pytest")
+    yield leased.url
+    leased.release()
+
+
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL schema, dropped afterwards."""
     import sqlalchemy as sa

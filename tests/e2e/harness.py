@@ -1,9 +1,10 @@
 """Real worker processes on a real broker, for the end-to-end tests.
 
 A :class:`Deployment` is one isolated tenantkeys deployment: its own SQLite store, master key,
-dead-letter key and Redis prefix (broker queues, results, breaker and dead letters all live
-under it, in Redis database 12), or a RabbitMQ vhost of its own. Processes are started in their
-own process group and stopped by their PID; every wait is a bounded poll.
+dead-letter key, a Redis database leased to it alone (broker queues and results, which carry no
+prefix, and our own keys under its prefix; :mod:`tests.redis_databases`), and on RabbitMQ a vhost
+of its own. Processes are started in their own process group and stopped by their PID; every
+wait is a bounded poll.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from tenantkeys.config import ENV_PREFIX, Settings, load_settings
 from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.resilience import Resilience
-from tests.conftest import REDIS_HOST, REDIS_PORT, free_port
+from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
+from tests.redis_databases import RedisDatabase, lease_database
 
-REDIS_DB = 12
 AMQP_HOST = os.environ.get("TK_TEST_AMQP_HOST", "127.0.0.1")
 T = TypeVar("T")
 
@@ -51,7 +52,9 @@ class Deployment:
     def __init__(self, tmp: Path, broker_url: str | None = None, **overrides: Any) -> None:
         self.tmp = tmp
         self.prefix = f"tke2e-{uuid.uuid4().hex[:10]}"
-        redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+        #: This deployment's own Redis database, flushed and freed by :meth:`stop`.
+        self.redis_db: RedisDatabase = lease_database(self.prefix)
+        redis_url = self.redis_db.url
         self.values: dict[str, Any] = {
             "environment": "development",
             "database_url": f"sqlite:///{tmp / 'keys.db'}",
@@ -200,10 +203,34 @@ class Deployment:
                 os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group, if any
             except ProcessLookupError:
                 pass
-        client = redis_client(self.settings)
-        for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
-            client.delete(key)
-        client.close()
+        self.redis_db.release()
+
+
+@contextmanager
+def redis_deployment(tmp: Path, **overrides: Any) -> Iterator[Deployment]:
+    """A :class:`Deployment` on the machine's Redis (its own leased database), stopped after."""
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+    made = Deployment(tmp, **overrides)
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def run_cli(
+    deployment: Deployment, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``tenantkeys ARGS`` as a user runs it, with the deployment's settings; never raises."""
+    return subprocess.run(
+        [sys.executable, "-m", "tenantkeys", *args],
+        env=deployment.env(),
+        cwd=deployment.tmp,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @contextmanager

@@ -8,15 +8,12 @@ the JWS (exit 0), which verifies; a job that failed shows its coded error (exit 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.harness import Deployment, wait_for
+from tests.e2e.harness import Deployment, redis_deployment, run_cli, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -25,23 +22,11 @@ EXIT_PENDING = 3
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        service_missing("Redis")
-    made = Deployment(tmp_path)
-    yield made
-    made.stop()
+    with redis_deployment(tmp_path) as made:
+        yield made
 
 
-def tenantkeys(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenantkeys", *args],
-        env=deployment.env(),
-        cwd=deployment.tmp,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+tenantkeys = run_cli
 
 
 def test_a_timed_out_job_is_fetched_later_by_its_id(deployment: Deployment) -> None:

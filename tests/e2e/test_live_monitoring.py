@@ -52,8 +52,6 @@ from tests.e2e.monitoring.timeline import render as render_timeline
 from tests.e2e.test_observability import cli, start_worker
 
 pytestmark = pytest.mark.e2e
-#: Redis database of this test (every key under the deployment's own prefix, deleted after).
-REDIS_DB = 14
 AWS_ROOT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 TIMELINE = Path(os.environ.get("TMPDIR", "/tmp")) / "tenantkeys-alert-timeline.txt"
@@ -69,7 +67,7 @@ NO_DATA_EXPECTED: dict[str, str] = {}
 def stack(
     tmp_path: Path, moto_kms: MotoKms, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, Any]]:
-    """moto behind a proxy that can cut it off, and a deployment using it (Redis DB 14)."""
+    """moto behind a proxy that can cut it off, and a deployment using it (its own Redis DB)."""
     if not port_open(REDIS_HOST, REDIS_PORT):
         service_missing("Redis")
     binary("prometheus")
@@ -78,12 +76,8 @@ def stack(
         monkeypatch.setenv(name, value)
     proxy = TcpProxy(moto_kms.port)
     proxy.start()
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     deployment = Deployment(
         tmp_path,
-        redis_url=url,
-        broker_url=url,
-        result_backend=url,
         embedded_redis=False,
         worker_metrics_port=free_port(),
         kms_provider="aws",

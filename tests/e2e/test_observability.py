@@ -35,8 +35,6 @@ from tests.e2e.harness import Deployment, wait_for
 from tests.integration.test_api_metrics import sample_names, used_metrics
 
 pytestmark = pytest.mark.e2e
-#: Redis database of these tests; every key lives under the deployment's own prefix.
-REDIS_DB = 7
 KMS_DECRYPT_OK = {"provider": "local", "operation": "decrypt", "outcome": "ok"}
 
 
@@ -44,12 +42,8 @@ KMS_DECRYPT_OK = {"provider": "local", "operation": "decrypt", "outcome": "ok"}
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     if not port_open(REDIS_HOST, REDIS_PORT):
         service_missing("Redis")
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
-    made = Deployment(
+    made = Deployment(  # in a Redis database of its own
         tmp_path,
-        redis_url=url,
-        broker_url=url,
-        result_backend=url,
         worker_metrics_port=free_port(),
         embedded_redis=False,
     )
@@ -290,7 +284,7 @@ def test_worker_ready_answers_with_and_without_a_worker(deployment: Deployment) 
         node,
         "--timeout",
         "2",
-        TENANTKEYS_BROKER_URL=f"redis://127.0.0.1:{free_port()}/{REDIS_DB}",
+        TENANTKEYS_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
     )
     assert no_broker.returncode == 2
     assert "TK-BROKER-UNAVAILABLE" in no_broker.stderr

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
-from tests.e2e.harness import REDIS_DB, wait_for
+from tests.e2e.harness import wait_for
+from tests.redis_databases import lease_database
 
 pytestmark = pytest.mark.e2e
 ENTRY = "import sys; from tenantkeys.cli import main; sys.exit(main())"
@@ -55,20 +56,26 @@ def cli_env(tmp: Path, redis_url: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("redis", ["running", "none"])
 def test_demo_exits_zero(redis: str, tmp_path: Path) -> None:
+    leased = None
     if redis == "running":
         if not port_open(REDIS_HOST, REDIS_PORT):
             service_missing("Redis")
-        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+        leased = lease_database("demo")  # the demo's queues carry no prefix
+        url = leased.url
     else:
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing answers: the bundled one starts
-    done = subprocess.run(  # noqa: PLW1510
-        [sys.executable, "-c", ENTRY, "demo"],
-        env=cli_env(tmp_path, url),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
+    try:
+        done = subprocess.run(  # noqa: PLW1510
+            [sys.executable, "-c", ENTRY, "demo"],
+            env=cli_env(tmp_path, url),
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
+    finally:
+        if leased is not None:
+            leased.release()
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["signed_through_queue"] == 1000 and summary["verified"] == 1001

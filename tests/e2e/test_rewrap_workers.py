@@ -34,7 +34,6 @@ from tests.e2e.harness import Deployment, wait_for
 from tests.servers.fixtures import ProviderFactory
 
 pytestmark = pytest.mark.e2e
-REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/9"
 TENANTS = [f"shop-{i:02d}" for i in range(20)]
 STAGE_ROWS = 10
 JOBS_PER_STAGE = 40
@@ -141,9 +140,6 @@ def test_workers_keep_signing_while_keys_move(
 ) -> None:
     deployment = Deployment(
         tmp_path,
-        redis_url=REDIS_URL,
-        broker_url=REDIS_URL,
-        result_backend=REDIS_URL,
         kms_provider=target,
         previous_kms_provider=source,
         **provider_settings(provider_factory, source, tmp_path),

@@ -201,10 +201,10 @@ def _broker_state(deployment: Deployment) -> str:
     from tenantkeys.keys.runtime import redis_client
 
     redis = redis_client(deployment.settings)
-    queue = redis.llen(f"{deployment.prefix}:{jobs.SIGN_QUEUE}")
-    unacked = redis.hlen(f"{deployment.prefix}:unacked")
+    queue = redis.llen(jobs.SIGN_QUEUE)
+    unacked = redis.hlen("unacked")
     # kombu's restore of a dead worker's unacked jobs runs under this lock (see jobs.py).
-    mutex = redis.ttl(f"{deployment.prefix}:unacked_mutex")
+    mutex = redis.ttl("unacked_mutex")
     return f"sign queue length {queue}, unacked {unacked}, restore mutex ttl {mutex}"
 
 
@@ -241,10 +241,7 @@ def test_two_beats_rotate_each_due_key_exactly_once(redis_deployment: Deployment
     wait_for(lambda: seen.add(redis.get(last_key)) or len(seen) >= 4, 30, "more sweeps")
     # Let any duplicate rotate_key jobs those sweeps enqueued run before counting versions.
     wait_for(
-        lambda: (
-            redis.llen(f"{deployment.prefix}:{jobs.KEYS_QUEUE}") == 0
-            and redis.hlen(f"{deployment.prefix}:unacked") == 0
-        ),
+        lambda: redis.llen(jobs.KEYS_QUEUE) == 0 and redis.hlen("unacked") == 0,
         30,
         "the keys queue to drain",
     )

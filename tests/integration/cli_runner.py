@@ -1,7 +1,7 @@
 """The real ``tenantkeys`` command in a subprocess, with a clean environment of our own.
 
-Shared by the CLI mistakes table and the key-store location tests: Redis DB 4 (no other test
-uses it), a unique key prefix per deployment, every key under it deleted afterwards.
+Shared by the CLI mistakes table and the key-store location tests: a Redis database leased to
+the deployment alone (Celery's queue and result keys carry no prefix), flushed afterwards.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from pathlib import Path
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 
-#: The CLI tests' own Redis database.
-CLI_REDIS_DB = 4
 #: One coded line: ``[invalid: ]TK-CODE: message (see docs/...md#anchor)``.
 CODED_LINE = re.compile(
     r"^(?:invalid: )?(?P<code>TK-[A-Z0-9-]+): (?P<message>.+) "
@@ -54,12 +52,6 @@ class Cli:
         return done.stdout
 
 
-def redis_url() -> str:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{CLI_REDIS_DB}"
-
-
 def clean_environment() -> dict[str, str]:
     """This process's environment without tenantkeys' variables or prometheus-client's."""
     return {
@@ -71,17 +63,16 @@ def clean_environment() -> dict[str, str]:
 
 @contextmanager
 def cli_deployment(cwd: Path) -> Iterator[Cli]:
-    """A :class:`Cli` on Redis DB 4 under a fresh prefix; its keys are deleted afterwards."""
-    import redis
+    """A :class:`Cli` on a Redis database of its own, under a fresh prefix; flushed afterwards."""
+    from tests.redis_databases import lease_database
 
-    url = redis_url()
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+    leased = lease_database("cli")
     prefix = f"tkcli-{uuid.uuid4().hex[:12]}"
     env = clean_environment()
-    env.update(TENANTKEYS_REDIS_URL=url, TENANTKEYS_REDIS_PREFIX=prefix)
+    env.update(TENANTKEYS_REDIS_URL=leased.url, TENANTKEYS_REDIS_PREFIX=prefix)
     try:
         yield Cli(env, cwd)
     finally:
-        client = redis.Redis.from_url(url)
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(key)
-        client.close()
+        leased.release()

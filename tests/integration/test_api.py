@@ -29,7 +29,7 @@ from tests.integration.test_api_support import (
 )
 
 pytestmark = pytest.mark.integration
-#: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.
+#: The API tests' fixtures: api_redis_url (own Redis DB), api_prefix, api_overrides, api_settings.
 pytest_plugins = ["tests.integration.test_api_support"]
 
 PAYLOAD = b"top-secret-payload-" + b"x" * 40

@@ -27,7 +27,7 @@ from tests.integration.test_api_support import (
 from tests.servers.fixtures import ProviderFactory
 
 pytestmark = pytest.mark.integration
-#: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.
+#: The API tests' fixtures: api_redis_url (own Redis DB), api_prefix, api_overrides, api_settings.
 pytest_plugins = ["tests.integration.test_api_support"]
 
 STEPS = ["generate", "encrypt", "decrypt", "describe", "wrong_context_decrypt"]

@@ -23,7 +23,7 @@ from tenantkeys.queue.broker import BrokerProbe
 from tests.conftest import free_port, port_open, service_missing
 
 pytestmark = pytest.mark.integration
-#: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.
+#: The API tests' fixtures: api_redis_url (own Redis DB), api_prefix, api_overrides, api_settings.
 pytest_plugins = ["tests.integration.test_api_support"]
 
 

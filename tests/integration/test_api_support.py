@@ -25,10 +25,10 @@ import redis
 
 from tenantkeys.config import ENV_PREFIX, Settings, load_settings
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
+from tests.redis_databases import lease_database
 
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 READER_TOKEN = "reader-" + uuid.uuid4().hex
-API_REDIS_DB = 10
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,10 +45,13 @@ READER = bearer(READER_TOKEN)
 
 
 @pytest.fixture
-def api_redis_url() -> str:
+def api_redis_url() -> Iterator[str]:
+    """A Redis database of this test's own: Celery's queue and result keys carry no prefix."""
     if not port_open(REDIS_HOST, REDIS_PORT):
         service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{API_REDIS_DB}"
+    leased = lease_database("api")
+    yield leased.url
+    leased.release()
 
 
 @pytest.fixture

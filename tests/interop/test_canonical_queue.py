@@ -15,8 +15,7 @@ import pytest
 from tenantkeys import signing
 from tenantkeys.errors import InvalidRequest
 from tenantkeys.signing import Signature
-from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.harness import Deployment
+from tests.e2e.harness import Deployment, redis_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +24,8 @@ DEEP = b"[" * 5000 + b"]" * 5000
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        service_missing("Redis")
-    made = Deployment(tmp_path)
-    yield made
-    made.stop()
+    with redis_deployment(tmp_path) as made:
+        yield made
 
 
 def test_bad_canonical_json_is_rejected_by_the_worker_not_dead_lettered(

@@ -34,7 +34,7 @@ from tests.interop.conftest import Node
 from tests.interop.kit import NODE_KITS, PYTHON_KITS, Verify, python_verifiers, snippets
 
 pytestmark = pytest.mark.integration
-#: The ops API fixtures (Redis DB 10, a fresh prefix per test): api_overrides.
+#: The ops API fixtures (a leased Redis database, a fresh prefix per test): api_overrides.
 pytest_plugins = ["tests.integration.test_api_support"]
 
 MAX_AGE = 17

@@ -33,6 +33,7 @@ COMMANDS = {
     "flower": "tenantkeys.cli.processes:flower_command",
     "api": "tenantkeys.cli.processes:api_command",
     "dlq": "tenantkeys.cli.dlq:dlq_group",
+    "queue": "tenantkeys.cli.queue:queue_group",
     "admin": "tenantkeys.cli.admin:admin_group",
     "bench": "tenantkeys.cli.bench:bench_command",
 }

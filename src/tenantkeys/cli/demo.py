@@ -1,7 +1,9 @@
 """``tenantkeys demo``: a private stack signs payloads through the queue, rotates, verifies.
 
-Everything it writes is private to the run (a temporary store, master key and Redis prefix)
-and removed afterwards, so it never touches real data.
+Everything it writes is private to the run (a temporary store, master key, and a Redis
+database that was empty, claimed for the run) and removed afterwards, so it never touches real
+data: Celery's queue keys carry no prefix, so sharing a database with a deployment would share
+its queues.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 from tenantkeys.cli.stack import LocalStack, stop_on_signals
 from tenantkeys.config import ENV_PREFIX, Settings, load_settings
-from tenantkeys.errors import TenantKeysError
+from tenantkeys.config.urls import masked_url
+from tenantkeys.errors import ErrorCode, TenantKeysError
 
 DEMO_TENANTS = ("acme", "globex", "initech")
 
@@ -30,6 +33,7 @@ def run_demo(base: Settings, payloads: int) -> dict[str, Any]:
     with stop_on_signals():
         try:
             url = stack.ensure_redis(base)
+            url = _claim_empty_database(url, base)
             overrides = _demo_settings(workdir, url)
             stack.env.update({ENV_PREFIX + k.upper(): str(v) for k, v in overrides.items()})
             demo = load_settings(**overrides)
@@ -39,19 +43,63 @@ def run_demo(base: Settings, payloads: int) -> dict[str, Any]:
         finally:
             stack.stop()
             if demo is not None:
-                _forget_prefix(demo)
+                _forget_database(demo)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _forget_prefix(demo: Settings) -> None:
-    """Delete every Redis key the demo wrote (all under its private prefix)."""
+#: Claims a database for the demo only if it is empty, in one atomic step.
+_CLAIM = """
+if redis.call('DBSIZE') ~= 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+_CLAIM_SECONDS = 3600
+
+
+def _claim_empty_database(url: str, base: Settings) -> str:
+    """The URL of an empty database on the Redis of ``url``, claimed for this run: the URL's
+    own database if empty, else the highest-numbered empty one. ``TK-CONFIG-INVALID`` when
+    none is empty (the demo would share a deployment's queues)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis
+
+    from tenantkeys.keys.runtime import redis_from_url
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise TenantKeysError(
+            "the demo needs a redis:// URL (it claims an empty database of its own)",
+            code=ErrorCode.CONFIG_INVALID,
+        )
+    own = int(parts.path.strip("/") or 0)
+    marker = f"tkdemo:claim:{uuid.uuid4().hex[:8]}"
+    for number in (own, *range(15, -1, -1)):
+        candidate = urlunsplit(parts._replace(path=f"/{number}"))
+        client = redis_from_url(candidate, sentinel_master=base.redis_sentinel_master, timeout=5)
+        try:
+            if client.eval(_CLAIM, 1, marker, "demo", _CLAIM_SECONDS):
+                return candidate
+        except redis.ResponseError as exc:  # a server with fewer databases
+            if "out of range" not in str(exc):
+                raise
+        finally:
+            client.close()
+    raise TenantKeysError(
+        f"no empty Redis database at {masked_url(url)} for the demo: it would share a "
+        "deployment's queues; point TENANTKEYS_REDIS_URL at a Redis with an empty database",
+        code=ErrorCode.CONFIG_INVALID,
+    )
+
+
+def _forget_database(demo: Settings) -> None:
+    """Flush the database the demo claimed: it was empty, and only the demo wrote to it."""
     from tenantkeys.keys.runtime import redis_available, redis_client
 
     client = redis_client(demo)
     try:
         if redis_available(client):
-            for key in client.scan_iter(match=f"{demo.redis_prefix}:*", count=1000):
-                client.delete(key)
+            client.flushdb()
     finally:
         client.close()
 

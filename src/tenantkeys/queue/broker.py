@@ -17,6 +17,7 @@ from tenantkeys.config import Settings
 from tenantkeys.errors import ErrorCode, TenantKeysError, TransientError
 from tenantkeys.keys.runtime import redis_from_url
 from tenantkeys.queue.config import celery_config
+from tenantkeys.queue.migrate import queue_keys
 
 #: Broker URL schemes read with Redis LLEN; the AMQP ones with a passive queue_declare.
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
@@ -70,21 +71,14 @@ class BrokerProbe:
         return self.broker_url.partition("://")[0]
 
     def _read_redis(self, client: redis.Redis) -> dict[str, int]:
-        # kombu keeps one list per priority step: "{prefix}{queue}" and "{queue}\x06\x16{n}".
-        from kombu.transport.redis import PRIORITY_STEPS, Channel
-
-        prefix = str(self._options.get("global_keyprefix", ""))
-        steps = list(self._options.get("priority_steps", PRIORITY_STEPS))
+        # kombu keeps one list per priority step: "{queue}" and "{queue}\x06\x16{n}".
+        keys = {queue: queue_keys(queue) for queue in jobs.QUEUES}
         pipe = client.pipeline(transaction=False)
-        for queue in jobs.QUEUES:
-            for step in steps:
-                suffix = f"{Channel.sep}{step}" if step else ""
-                pipe.llen(f"{prefix}{queue}{suffix}")
-        sizes = [int(size) for size in pipe.execute()]
-        return {
-            queue: sum(sizes[i * len(steps) : (i + 1) * len(steps)])
-            for i, queue in enumerate(jobs.QUEUES)
-        }
+        for names in keys.values():
+            for name in names:
+                pipe.llen(name)
+        sizes = iter(pipe.execute())
+        return {queue: sum(int(next(sizes)) for _ in names) for queue, names in keys.items()}
 
     def _read_amqp(self) -> dict[str, int]:
         depths: dict[str, int] = {}

@@ -146,11 +146,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["unacked_mutex_expire"] = max(
             5, min(300, settings.broker_visibility_timeout_seconds // 2)
         )
-        # Queues live under the deployment's prefix, like every other key we write.
-        transport["global_keyprefix"] = f"{settings.redis_prefix}:"
+    # No key prefix on Celery's own keys (queues, unacked records, celery-task-meta-<id>):
+    # a standard Celery client in any language finds them where its docs say. Deployments that
+    # share a Redis are kept apart by the database number (or a separate instance);
+    # TENANTKEYS_REDIS_PREFIX covers only our own keys. Jobs queued under the old prefixed keys:
+    # tenantkeys.queue.migrate.
     results: dict[str, Any] = {}
-    if settings.effective_result_backend.startswith(_REDIS_BROKERS):
-        results["global_keyprefix"] = f"{settings.redis_prefix}:"
     # kombu's SentinelChannel and Celery's SentinelBackend ask the sentinels for this primary.
     if broker.startswith("sentinel://"):
         transport["master_name"] = settings.redis_sentinel_master

@@ -40,9 +40,9 @@ from tests.e2e.harness import Deployment
 class ResultTap:
     """Every result write of a deployment, from the backend's publish (Redis backend only)."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url)
-        self._pattern = f"{prefix}:celery-task-meta-*"
+        self._pattern = "celery-task-meta-*"  # the database is the deployment's alone
         self._cut = len(self._pattern) - 1
         self.writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.raw: list[bytes] = []

@@ -1,5 +1,5 @@
-"""The fault suite's deployments: isolated in Redis DB 6 under a private prefix, cleaned by it,
-and the operator's dead-letter replay run against them."""
+"""The fault suite's deployments: each in a Redis database leased to it alone, under a private
+prefix, flushed afterwards, and the operator's dead-letter replay run against them."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
+from tests.conftest import port_open, service_missing
 from tests.e2e.harness import Deployment, rabbitmq_vhost
-
-#: Redis database of the fault suite (results, dead letters, queues, under unique prefixes).
-FAULT_REDIS_DB = 6
-FAULT_REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{FAULT_REDIS_DB}"
 
 
 def fault_deployment(tmp: Path, broker_url: str | None = None, **overrides: Any) -> Deployment:
-    """A :class:`Deployment` in Redis DB 6 under a ``tkfault-`` prefix."""
-    values = {"redis_url": FAULT_REDIS_URL, "result_backend": FAULT_REDIS_URL, **overrides}
-    made = Deployment(tmp, broker_url=broker_url or values["redis_url"], **values)
+    """A :class:`Deployment` (its own Redis database) under a ``tkfault-`` prefix.
+
+    A string in ``overrides`` may name the leased database: ``{leased}`` (its URL) or ``{db}``
+    (its number, for a URL that reaches it through a proxy).
+    """
+    made = Deployment(tmp)
+    leased = {"leased": made.redis_db.url, "db": made.redis_db.number}
+    for name, value in overrides.items():
+        made.values[name] = value.format(**leased) if isinstance(value, str) else value
+    made.values["broker_url"] = broker_url or made.values["redis_url"]
     made.prefix = f"tkfault-{uuid.uuid4().hex[:10]}"
     made.values["redis_prefix"] = made.prefix
     return made
@@ -44,18 +45,6 @@ def on_broker(broker: str, tmp: Path) -> Iterator[Deployment]:
         made = fault_deployment(tmp, broker_url=url)
         yield made
         made.stop()
-        cleanup_prefix(made.settings.redis_url, made.prefix)
-
-
-def cleanup_prefix(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(key)
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
 
 
 def replay_all(deployment: Deployment, extra_env: dict[str, str] | None = None) -> str:

@@ -4,7 +4,7 @@ Secrets are obtained in the test process: every key version still holding a wrap
 opened through the deployment's own KeyService (the Ed25519 seed or ES256 scalar, the AES key
 of an encryption version) and its data key unwrapped by the KMS; payloads are the distinctive
 random bytes each fault test signs. Each secret is searched in raw, hex, base64 and base64url
-form. Places: every Redis key under the deployment's prefix (all types, field names too), every
+form. Places: every Redis key of the deployment's database (all types, field names too), every
 row of every table of the key store, the dead-letter entries, every result write the backend
 published, every task event (what Flower receives) and every process log of the run.
 
@@ -110,7 +110,7 @@ class SecretScan:
         urls = {settings.redis_url, settings.effective_result_backend, *redis_urls}
         for url in urls:
             if url.startswith("redis"):
-                self._redis(url, deployment.prefix)
+                self._redis(url)
         engine = sa.create_engine(settings.database_url)
         try:
             meta = sa.MetaData()
@@ -134,10 +134,11 @@ class SecretScan:
         for log in sorted(Path(deployment.tmp).glob("*.log")):
             self.haystacks[f"log:{log.name}"] = log.read_bytes()
 
-    def _redis(self, url: str, prefix: str) -> None:
+    def _redis(self, url: str) -> None:
+        """Every key: each URL is a database of the deployment's own, or a private server."""
         client = redis.Redis.from_url(url, socket_connect_timeout=2)
         try:
-            for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            for key in client.scan_iter(count=1000):
                 name = key.decode(errors="replace")
                 kind = client.type(key).decode()
                 if kind == "string":

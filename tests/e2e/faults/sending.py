@@ -56,7 +56,7 @@ def results(deployment: Deployment, job_ids: list[str]) -> dict[str, Any]:
     envelope: a FAILURE (rejected, dead-lettered) becomes ``{"ok": false, "error": detail}``."""
     client = redis.Redis.from_url(deployment.settings.effective_result_backend)
     try:
-        keys = [f"{deployment.prefix}:celery-task-meta-{job_id}" for job_id in job_ids]
+        keys = [f"celery-task-meta-{job_id}" for job_id in job_ids]
         found: dict[str, Any] = {}
         for start in range(0, len(keys), 500):
             for job_id, raw in zip(

@@ -76,7 +76,7 @@ def test_a_worker_host_lost_mid_run_loses_nothing(
     probe = BrokerProbe.from_settings(deployment.settings)
     lost_root, lost_env = _host(deployment, "host-a")
     kept_root, kept_env = _host(deployment, "host-b")
-    with ResultTap(deployment.settings.effective_result_backend, deployment.prefix) as tap:
+    with ResultTap(deployment.settings.effective_result_backend) as tap:
         lost = deployment.worker("host-a", extra_env=lost_env, cwd=lost_root)
         kept = deployment.worker("host-b", extra_env=kept_env, cwd=kept_root)
         with EventCapture(deployment) as events, deployment.client() as client:

@@ -67,7 +67,7 @@ def test_kms_stopped_then_restarted(
         tmp_path, kms, proxy.url, breaker_fail_max=3, breaker_reset_timeout_seconds=3
     )
     try:
-        with ResultTap(deployment.settings.effective_result_backend, deployment.prefix) as tap:
+        with ResultTap(deployment.settings.effective_result_backend) as tap:
             deployment.worker("signer", queues=jobs.SIGN_QUEUE, concurrency=1, extra_env=AWS_ROOT)
             deployment.worker("keys", queues=jobs.KEYS_QUEUE, concurrency=1, extra_env=AWS_ROOT)
             with EventCapture(deployment) as events, deployment.client() as client:
@@ -164,7 +164,7 @@ def test_slow_kms_trips_time_limits_then_recovers(
     proxy.start()
     deployment = slow_deployment(tmp_path, kms, proxy)
     try:
-        with ResultTap(deployment.settings.effective_result_backend, deployment.prefix) as tap:
+        with ResultTap(deployment.settings.effective_result_backend) as tap:
             deployment.worker("w1", concurrency=2, extra_env=AWS_ROOT)
             with EventCapture(deployment) as events, deployment.client() as client:
                 tenants = ["s1", "s2", "s3"]

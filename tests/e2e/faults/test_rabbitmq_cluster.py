@@ -172,7 +172,7 @@ def test_queue_leader_killed_during_single_and_batched_jobs(
     probe = BrokerProbe.from_settings(deployment.settings)
     try:
         with (
-            ResultTap(deployment.settings.effective_result_backend, deployment.prefix) as tap,
+            ResultTap(deployment.settings.effective_result_backend) as tap,
             EventCapture(deployment) as events,
             deployment.client() as client,
         ):

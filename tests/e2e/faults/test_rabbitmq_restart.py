@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import service_missing
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
-from tests.e2e.faults.deployment import FAULT_REDIS_URL, fault_deployment
+from tests.e2e.faults.deployment import fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.outages import PrivateRabbitMQ
 from tests.e2e.faults.report import FaultRecord
@@ -43,7 +43,7 @@ def test_rabbitmq_restarted_with_durable_queues(
     record.fault, record.broker = "RabbitMQ restarted", "rabbitmq"
     deployment = fault_deployment(tmp_path, broker_url=rabbitmq.url)
     try:
-        with ResultTap(FAULT_REDIS_URL, deployment.prefix) as tap:
+        with ResultTap(deployment.redis_db.url) as tap:
             worker = deployment.worker("w1", concurrency=2)
             tenants = ["q1", "q2", "q3"]
             with deployment.client() as client:

@@ -166,9 +166,7 @@ def test_primary_killed_while_signing(
         stack.callback(deployment.stop)
         probe = BrokerProbe.from_settings(deployment.settings)
         stack.callback(probe.close)
-        tap = stack.enter_context(
-            ResultTap(deployment.settings.effective_result_backend, deployment.prefix)
-        )
+        tap = stack.enter_context(ResultTap(deployment.settings.effective_result_backend))
         events = stack.enter_context(EventCapture(deployment))
         client = stack.enter_context(deployment.client())
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REDIS_PORT
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
-from tests.e2e.faults.deployment import FAULT_REDIS_URL, cleanup_prefix, fault_deployment
+from tests.e2e.faults.deployment import fault_deployment
 from tests.e2e.faults.report import FaultRecord
 from tests.e2e.faults.sending import Job, send_sign_jobs
 from tests.e2e.harness import TcpProxy
@@ -36,11 +36,10 @@ def test_a_result_store_outage_longer_than_every_retry_loses_no_job(
     record.fault = f"result store refusing connections {OUTAGE_SECONDS:g} s"
     proxy = TcpProxy(REDIS_PORT)
     proxy.start()
-    db = FAULT_REDIS_URL.rsplit("/", 1)[1]
-    deployment = fault_deployment(tmp_path, result_backend=f"redis://127.0.0.1:{proxy.port}/{db}")
+    deployment = fault_deployment(tmp_path, result_backend=f"redis://127.0.0.1:{proxy.port}/{{db}}")
     sent: list[Job] = []
     try:
-        with ResultTap(FAULT_REDIS_URL, deployment.prefix) as tap:
+        with ResultTap(deployment.redis_db.url) as tap:
             deployment.worker("w1", concurrency=2)
             with EventCapture(deployment) as events, deployment.client() as client:
                 tenants = ["s1", "s2"]
@@ -68,7 +67,6 @@ def test_a_result_store_outage_longer_than_every_retry_loses_no_job(
     finally:
         deployment.stop()
         proxy.stop()
-        cleanup_prefix(FAULT_REDIS_URL, deployment.prefix)
     # The fault must have hit work in flight, or this run proves nothing.
     assert caught > 0, "void run: no signed job met the result-store outage"
     assert record.resent == 0, record  # nothing needed the client's re-send

@@ -56,10 +56,7 @@ def test_two_beats_rotate_each_due_key_once(tmp_path: Path, record: FaultRecord)
         last = f"{deployment.prefix}:sweep:last"
         wait_for(lambda: sweeps.add(redis.get(last)) or len(sweeps) >= 4, 30, "more sweeps")
         wait_for(
-            lambda: (
-                redis.llen(f"{deployment.prefix}:{jobs.KEYS_QUEUE}") == 0
-                and redis.hlen(f"{deployment.prefix}:unacked") == 0
-            ),
+            lambda: redis.llen(jobs.KEYS_QUEUE) == 0 and redis.hlen("unacked") == 0,
             30,
             "the keys queue to drain",
         )
@@ -100,7 +97,7 @@ def test_concurrent_rotations_of_one_key_while_it_signs(
     record.fault = "concurrent rotations of one key"
     deployment = fault_deployment(tmp_path)
     try:
-        with ResultTap(deployment.settings.effective_result_backend, deployment.prefix) as tap:
+        with ResultTap(deployment.settings.effective_result_backend) as tap:
             deployment.worker("w1", concurrency=2)
             deployment.worker("w2", concurrency=2)
             with EventCapture(deployment) as events, deployment.client() as client:

@@ -18,12 +18,7 @@ from tenantkeys import jobs
 from tenantkeys.errors import TenantKeysError
 from tests.conftest import port_open, service_missing
 from tests.e2e.faults.accounting import EventCapture, ResultTap, account, settle
-from tests.e2e.faults.deployment import (
-    FAULT_REDIS_URL,
-    cleanup_prefix,
-    fault_deployment,
-    replay_all,
-)
+from tests.e2e.faults.deployment import fault_deployment, replay_all
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.outages import PrivatePostgres, PrivateRedis
 from tests.e2e.faults.report import FaultRecord
@@ -52,10 +47,10 @@ def test_redis_cache_unavailable_with_a_rabbitmq_broker(
     cache = PrivateRedis(tmp_path)
     cache.start()
     deployment = fault_deployment(
-        tmp_path, broker_url=amqp_vhost, redis_url=cache.url, result_backend=FAULT_REDIS_URL
+        tmp_path, broker_url=amqp_vhost, redis_url=cache.url, result_backend="{leased}"
     )
     try:
-        with ResultTap(FAULT_REDIS_URL, deployment.prefix) as tap:
+        with ResultTap(deployment.redis_db.url) as tap:
             deployment.worker("w1", concurrency=2)
             with EventCapture(deployment) as events, deployment.client() as client:
                 cached, stored = ["r1", "r2"], ["r3", "r4"]
@@ -105,12 +100,11 @@ def test_redis_cache_unavailable_with_a_rabbitmq_broker(
                 [(job.job_id, job.payload) for job in sent],
                 results=tap.raw,
                 events=events.events,
-                redis_urls=[FAULT_REDIS_URL],
+                redis_urls=[deployment.redis_db.url],
             )
     finally:
         deployment.stop()
         cache.stop()
-        cleanup_prefix(FAULT_REDIS_URL, deployment.prefix)
     assert record.lost == 0 and record.duplicated == 0 and record.dead_lettered == 0, record
     assert record.signed == len(sent), record
 
@@ -150,7 +144,7 @@ def test_postgres_stopped_cached_tenants_sign_and_creation_fails_clearly(
     record.fault = "PostgreSQL stopped"
     deployment = fault_deployment(tmp_path, database_url=postgres.url)
     try:
-        with ResultTap(FAULT_REDIS_URL, deployment.prefix) as tap:
+        with ResultTap(deployment.redis_db.url) as tap:
             deployment.worker("w1", concurrency=1)
             with EventCapture(deployment) as events, deployment.client() as client:
                 cached, uncached = ["p1", "p2"], ["p3"]

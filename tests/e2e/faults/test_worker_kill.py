@@ -57,7 +57,7 @@ def test_workers_sigkilled_during_batches_lose_nothing(
     )
     settings = deployment.settings
     probe = BrokerProbe.from_settings(settings)
-    with ResultTap(settings.effective_result_backend, deployment.prefix) as tap:
+    with ResultTap(settings.effective_result_backend) as tap:
         with EventCapture(deployment) as events, deployment.client() as client:
             setup = deployment.worker("setup")
             for tenant in TENANTS:
