@@ -199,11 +199,19 @@ def parse_arguments(task: str, kwargs: object) -> Any:
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every job's arguments and result, by task name (for docs/contract/)."""
-    return {
+    """JSON Schema of every job's arguments and result, by task name (for docs/contract/).
+
+    The bounds of a ``sign_batch`` (1 to :data:`MAX_BATCH_ITEMS` items, refused otherwise
+    with ``TK-INVALID-ARGUMENT`` by the runner) are added to its schema.
+    """
+    schemas = {
         task: {
             "arguments": TypeAdapter(args).json_schema(),
             "result": TypeAdapter(result).json_schema(),
         }
         for task, (args, result) in JOBS.items()
     }
+    schemas[SIGN_BATCH]["arguments"]["properties"]["items"].update(
+        minItems=1, maxItems=MAX_BATCH_ITEMS
+    )
+    return schemas
