@@ -36,6 +36,7 @@ SCENARIOS: dict[str, str] = {
     "3": "bench.celery_scenarios:scenario_3",
     "10": "bench.celery_scenarios:scenario_10",
     "11": "bench.celery_scenarios:scenario_11",
+    "12": "bench.front_door:scenario_12",
 }
 ALL = tuple(SCENARIOS)
 

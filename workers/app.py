@@ -29,6 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from tenantkeys import __version__, telemetry
 from tenantkeys.admin.status import LazyStateProbe
 from tenantkeys.config import Settings, load_settings
+from tenantkeys.errors import TenantKeysError
 from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.jobs.runner import JobRunner
 from tenantkeys.keys.kms import check_providers
@@ -36,12 +37,14 @@ from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.queue.config import celery_config
 from tenantkeys.queue.message_signing import setup_message_signing
+from tenantkeys.queue.migrate import migrate_keys
 from tenantkeys.queue.tracing import instrument_celery
 from tenantkeys.resilience import Resilience, RetryPolicy
 from tenantkeys.signing.timestamps import Timestamper
 from tenantkeys.telemetry import tracing
 from workers.beat import beat_schedule
 from workers.fastpath.transport import Transport as FastpathTransport
+from workers.producers import QueueScopes
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,10 @@ settings = load_settings()
 # Fail fast in the parent, before the pool forks: a provider with missing settings stops here.
 check_providers(settings)
 app = create_app(settings)
+#: Which producer may ask for which tenants (TENANTKEYS_PRODUCER_SCOPES_FILE); checked by the
+#: consumer in the parent. Read here, so a bad file or scopes without message signing stop
+#: the worker before it takes a job.
+producer_scopes = QueueScopes.from_settings(settings)
 
 
 @dataclass
@@ -139,6 +146,29 @@ def _migrate_once(**_: Any) -> None:
         store.migrate()
     finally:
         store.close()
+
+
+@signals.celeryd_after_setup.connect  # type: ignore[untyped-decorator]
+def _move_old_keys(**_: Any) -> None:
+    # Jobs an earlier version queued under prefixed keys join the queues before the consumer
+    # starts (tenantkeys.queue.migrate). After logging is set up, so the counts are seen.
+    try:
+        moved = migrate_keys(settings)
+    except TenantKeysError as exc:
+        log.warning(
+            "%s: jobs under the old prefixed keys were not moved (%s); "
+            "run `tenantkeys queue migrate-keys` once the broker answers",
+            exc.code,
+            exc.message,
+        )
+        return
+    log.info(
+        "old prefixed keys (%s:): moved %d queued job(s), %d unacked record(s), %d result(s)",
+        moved.prefix,
+        sum(moved.queued.values()),
+        moved.unacked,
+        moved.results,
+    )
 
 
 @dataclass

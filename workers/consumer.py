@@ -7,11 +7,22 @@ Their body is sealed like any dead letter's arguments; they are not replayable a
 
 With message signing on, an unsigned message (``ContentDisallowed``) or one whose signature does
 not verify (``SecurityError``, raised as a decode error) is recorded as ``TK-MESSAGE-UNSIGNED``.
+
+With producer scopes on (``workers/producers.py``), a job its producer may not ask for ends
+here too: ``TK-SCOPE-DENIED`` is stored as the job's FAILURE (not dead-lettered: it is the
+producer's mistake, like any rejected job); ``TK-JOB-ID-CONFLICT`` is dead-lettered and stores
+no result, so the id keeps the first producer's.
+
+Every task message's ``argsrepr`` / ``kwargsrepr`` headers are made redacted (payload hash and
+size) before Celery builds its request from them (:func:`redact_reprs`): Celery logs them and
+sends them in task-received events (Flower shows them), and a producer written from the
+contract may omit them or set the arguments' plain ``repr``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import uuid
@@ -21,20 +32,30 @@ from celery.exceptions import WorkerShutdown
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 
-from tenantkeys.errors import ErrorCode, InvalidRequest
+from tenantkeys import jobs, telemetry
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError
 from tenantkeys.jobs.deadletters import Attempt, DeadLetterStore, DeadLetterWriter
 from tenantkeys.jobs.runner import Outcome
 from tenantkeys.keys.runtime import redis_client
 from tenantkeys.queue.config import queue_type_refused
 from tenantkeys.queue.message_signing import SIGNED_CONTENT_TYPE
 from workers import delayed_delivery
-from workers.app import settings
+from workers.app import producer_scopes, settings
 from workers.outcomes import Finished, ResultOnly, write_results
+from workers.producers import QueueScopes, Refusal
 
 log = logging.getLogger(__name__)
 #: What the workers accept, for the reason of a refused message.
 _ACCEPTED = "JSON signed by a trusted certificate" if settings.message_signing else "JSON"
 _writer: DeadLetterWriter | None = None
+_REJECTED: tuple[telemetry.SignatureOutcome] = ("rejected",)
+#: The ``argsrepr`` of :func:`tenantkeys.jobs.argsrepr` (jobs take keyword arguments only).
+_REDACTED_ARGS = frozenset({"()", "(...)"})
+#: A longer ``kwargsrepr`` is computed again, not parsed (a redacted one is ~100 bytes a job,
+#: and shows at most 20 items of a batch).
+_MAX_KWARGSREPR = 8192
+#: Strings of a redacted ``kwargsrepr`` are this short (``jobs.redact`` keeps no longer one).
+_MAX_SHOWN_STRING = 128
 
 
 def writer() -> DeadLetterWriter:
@@ -109,6 +130,45 @@ def shape_problem(message: Any) -> str | None:
     return "task message body is not [args, kwargs, embed]"
 
 
+def redact_reprs(message: Any) -> None:
+    """Make a protocol-2 task message's ``argsrepr`` / ``kwargsrepr`` headers redacted.
+
+    Kept when the producer's are redacted already (ours, the contract's examples): JSON with
+    no ``payload`` and no long string in it, checked without decoding a payload. Otherwise
+    computed from the decoded body, so no log line or task event shows a payload byte.
+    """
+    headers = message.headers  # a dict: shape_problem checked it
+    if not isinstance(headers.get("task"), str):
+        return  # protocol 1: Celery 5.6 shows its arguments as None (tests/e2e/test_redaction.py)
+    if _redacted_reprs(headers.get("argsrepr"), headers.get("kwargsrepr")):
+        return
+    try:
+        args, kwargs, _embed = message.decode()  # memoized: decoded once already
+    except Exception:  # undecodable: Celery's decode-error path records it
+        return
+    headers["argsrepr"], headers["kwargsrepr"] = jobs.argsrepr(args, kwargs)
+
+
+def _redacted_reprs(args: object, kwargs: object) -> bool:
+    if args not in _REDACTED_ARGS or not isinstance(kwargs, str):
+        return False
+    if len(kwargs) > _MAX_KWARGSREPR:
+        return False
+    try:
+        shown = json.loads(kwargs)
+    except (ValueError, RecursionError):  # not JSON: the arguments' repr, say
+        return False
+    return isinstance(shown, dict) and _shows_no_payload(shown)
+
+
+def _shows_no_payload(shown: object) -> bool:
+    if isinstance(shown, dict):
+        return "payload" not in shown and all(_shows_no_payload(v) for v in shown.values())
+    if isinstance(shown, list):
+        return all(_shows_no_payload(v) for v in shown)
+    return not isinstance(shown, str) or len(shown) <= _MAX_SHOWN_STRING
+
+
 class DeadLetterConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with every "cannot run this message" path ending in the store."""
 
@@ -138,6 +198,10 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
             problem = shape_problem(message)
             if problem is not None:
                 return self._dead_letter(message, problem, ErrorCode.INVALID_ARGUMENT)
+            refusal = producer_scopes.refusal(message) if producer_scopes is not None else None
+            if refusal is not None:
+                return self._refuse(message, refusal)
+            redact_reprs(message)
             try:
                 return handler(message)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -155,13 +219,45 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
         if isinstance((message.headers or {}).get("id"), str) and recorded is not None:
             # A caller waiting on this job gets the error now instead of a timeout.
             job_id, envelope = recorded
-            error = InvalidRequest(reason, code=code)
-            finished = Finished(ResultOnly(job_id), Outcome(envelope, error=error), {})
-            try:
-                write_results(self.app, [finished], [])
-            except Exception as exc:  # best effort: the dead letter is what matters
-                log.warning("result of dead-lettered job not stored (%s)", type(exc).__name__)
+            self._store_failure(job_id, envelope, InvalidRequest(reason, code=code))
         # Acked either way: requeueing a message no worker can decode would loop forever.
+        message.ack()
+
+    def _store_failure(
+        self,
+        job_id: str,
+        envelope: dict[str, Any],
+        error: TenantKeysError,
+        signatures: tuple[telemetry.SignatureOutcome, ...] = (),
+    ) -> None:
+        finished = Finished(
+            ResultOnly(job_id), Outcome(envelope, error=error, signatures=signatures), {}
+        )
+        try:
+            write_results(self.app, [finished], [])
+        except Exception as exc:  # best effort: the dead letter or log line is what matters
+            log.warning("result of refused job not stored (%s)", type(exc).__name__)
+
+    def _refuse(self, message: Any, refusal: Refusal) -> None:
+        """A job its producer may not send: counted, never run, and acked."""
+        error = refusal.error
+        if error.code not in (ErrorCode.SCOPE_DENIED, ErrorCode.JOB_ID_CONFLICT):
+            self._dead_letter(message, error.message, error.code)
+            return
+        QueueScopes.count(refusal)
+        headers = message.headers or {}
+        job_id = headers.get("id")
+        shown = str(job_id)[:200]
+        if refusal.keeps_result:
+            # Dead-lettered for review, and no result: the id's result is the first producer's.
+            record_message(
+                message, error.message, error.code, self.hostname or socket.gethostname()
+            )
+            message.ack()
+            return
+        log.warning("job %s (%s) refused: %s", shown, str(headers.get("task"))[:200], error.message)
+        if isinstance(job_id, str):
+            self._store_failure(job_id, jobs.failed(error), error, _REJECTED * _signatures(message))
         message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
@@ -206,3 +302,17 @@ class DeadLetterConsumer(Consumer):  # type: ignore[misc]
             f"invalid task message ({type(exc).__name__}); only {_ACCEPTED} is accepted",
             ErrorCode.INVALID_ENCODING,
         )
+
+
+def _signatures(message: Any) -> int:
+    """How many signatures a refused job asked for: one per sign, one per batch item."""
+    task = (message.headers or {}).get("task")
+    if task == jobs.SIGN:
+        return 1
+    if task != jobs.SIGN_BATCH:
+        return 0
+    try:
+        items = message.decode()[1].get("items")
+    except Exception:  # its shape was checked; anything odd counts as one
+        return 1
+    return min(len(items), jobs.MAX_BATCH_ITEMS) if isinstance(items, list) and items else 1

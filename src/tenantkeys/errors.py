@@ -95,6 +95,10 @@ class ErrorCode(StrEnum):
     TSA_UNAVAILABLE = "TK-TSA-UNAVAILABLE"
     TSA_REFUSED = "TK-TSA-REFUSED"
     TIMESTAMP_INVALID = "TK-TIMESTAMP-INVALID"
+    SCOPE_DENIED = "TK-SCOPE-DENIED"
+    JOB_ID_CONFLICT = "TK-JOB-ID-CONFLICT"
+    JOB_NOT_FOUND = "TK-JOB-NOT-FOUND"
+    FRONT_DOOR_OFF = "TK-FRONT-DOOR-OFF"
 
 
 class Override(TypedDict, total=False):
@@ -112,6 +116,27 @@ CODE_OVERRIDES: Final[Mapping[ErrorCode, Override]] = {
     ErrorCode.DEAD_LETTER_NOT_FOUND: {"http_status": 404},
     ErrorCode.KEY_REVOKED: {"http_status": 409},
     ErrorCode.PAYLOAD_TOO_LARGE: {"http_status": 413},
+    ErrorCode.SCOPE_DENIED: {
+        "http_status": 403,
+        "remedy": "the producer may not sign for this tenant: send the job from a producer "
+        "whose scope names the tenant, or add the tenant to this producer's entry in "
+        "TENANTKEYS_PRODUCER_SCOPES_FILE and restart the workers and the API (see {doc})",
+    },
+    ErrorCode.JOB_ID_CONFLICT: {
+        "http_status": 409,
+        "remedy": "another producer already used this job id; the first job's result is kept. "
+        "Give each job a fresh id (a UUID) (see {doc})",
+    },
+    ErrorCode.JOB_NOT_FOUND: {
+        "http_status": 404,
+        "remedy": "check the job id; a job is found only by the producer that submitted it, "
+        "and only while its result is kept (TENANTKEYS_RESULT_EXPIRES_SECONDS) (see {doc})",
+    },
+    ErrorCode.FRONT_DOOR_OFF: {
+        "http_status": 404,
+        "remedy": "the HTTP front door needs scoped producers: set "
+        "TENANTKEYS_PRODUCER_SCOPES_FILE on the API and restart it (see {doc})",
+    },
     ErrorCode.KMS_THROTTLED: {
         "remedy": "the KMS throttled the service; calls are retried with backoff. If it "
         "persists, check the key cache (TTL, size), spread bulk jobs or ask the provider for a "
@@ -393,6 +418,18 @@ class VerificationError(InvalidRequest):
     """A signature does not verify; ``code`` says why."""
 
     default_code = ErrorCode.SIGNATURE_INVALID
+
+
+class ScopeDenied(InvalidRequest):
+    """The job's producer may not sign for a tenant it names (TENANTKEYS_PRODUCER_SCOPES_FILE)."""
+
+    default_code = ErrorCode.SCOPE_DENIED
+
+
+class JobIdConflict(InvalidRequest):
+    """Another producer used this job id first; its job and result are left as they are."""
+
+    default_code = ErrorCode.JOB_ID_CONFLICT
 
 
 def as_error(exc: BaseException, where: str = "") -> TenantKeysError:

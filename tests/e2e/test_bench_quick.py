@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
+from tests.redis_databases import lease_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {str(n) for n in range(1, 12)}
+SCENARIOS = {str(n) for n in range(1, 13)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,15 +27,27 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str
     if not port_open(REDIS_HOST, REDIS_PORT):
         service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
     out = tmp_path_factory.mktemp("bench")
-    redis_url = f"redis://{REDIS_HOST}:{REDIS_PORT}/8"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--redis-url", redis_url],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=880,
-        check=False,
-    )
+    leased = lease_database("bench")  # its workers' queues carry no prefix
+    try:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench",
+                "--quick",
+                "--out",
+                str(out),
+                "--redis-url",
+                leased.url,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=880,
+            check=False,
+        )
+    finally:
+        leased.release()
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results-quick.json").read_text())
     return results, out, run.stdout

@@ -1,9 +1,13 @@
 """Property-based run over ``/openapi.json`` (schemathesis): no input makes a server error, and
-every answer matches the schema it declares. Admin routes are exercised with an admin token."""
+every answer matches the schema it declares. Admin routes are exercised with an admin token; the
+front door (``/v1/jobs``) is on, with that same token as a producer's that may sign for every
+tenant, on a Redis database of its own (the jobs it queues are flushed with it)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +19,11 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from tenantkeys.api import create_app
 from tenantkeys.config import Settings
-from tests.integration.test_api_support import ADMIN
+from tests.integration.test_api_support import ADMIN, ADMIN_TOKEN, sha256_hex
+from tests.redis_databases import lease_database
 
 pytestmark = pytest.mark.integration
-#: The API tests' fixtures: api_redis_url (DB 10), api_prefix, api_overrides, api_settings.
+#: The API tests' fixtures: api_redis_url (own Redis DB), api_prefix, api_overrides, api_settings.
 pytest_plugins = ["tests.integration.test_api_support"]
 
 #: Bounded: enough to reach every branch of these small routes, quick enough for CI.
@@ -26,10 +31,24 @@ MAX_EXAMPLES = 50
 
 
 @pytest.fixture
-def api_schema(api_settings: Settings) -> Iterator[Any]:
+def api_schema(api_settings: Settings, tmp_path: Path) -> Iterator[Any]:
     from schemathesis.python import asgi
 
-    app = create_app(api_settings)
+    scopes = tmp_path / "scopes.json"
+    producer = {"name": "fuzz", "token_sha256": sha256_hex(ADMIN_TOKEN), "tenants": ["*"]}
+    scopes.write_text(json.dumps({"producers": [producer]}))
+    database = lease_database("api-schema")
+    front_door = api_settings.model_copy(
+        update={
+            "producer_scopes_file": scopes,
+            # ?wait= is exercised without holding each example for long.
+            "front_door_max_wait_seconds": 0.05,
+            "redis_url": database.url,
+            "broker_url": database.url,
+            "result_backend": database.url,
+        }
+    )
+    app = create_app(front_door)
     app.state.services.start()
     app.state.services.runtime().service.create_keys("acme")
     try:
@@ -37,11 +56,14 @@ def api_schema(api_settings: Settings) -> Iterator[Any]:
     finally:
         asgi.shutdown_lifespans()  # runs the app's shutdown: closes what start() opened
         app.state.services.close()
+        database.release()
 
 
 def test_no_server_error_and_answers_match_the_schema(api_schema: Any) -> None:
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) >= 9, [op.label for op in operations]
+    assert len(operations) >= 12, [op.label for op in operations]
+    labels = {op.label for op in operations}
+    assert {"POST /v1/jobs/sign", "POST /v1/jobs/sign-batch", "GET /v1/jobs/{job_id}"} <= labels
     for operation in operations:
         for mode in GenerationMode:
             exercise(operation, mode)

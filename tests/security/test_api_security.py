@@ -21,6 +21,10 @@ pytestmark = pytest.mark.integration
 #: Routes that answer without a token on purpose (see tenantkeys.api.auth).
 PUBLIC_PREFIXES = ("/health/", "/metrics", "/tenants/", "/openapi.json", "/docs", "/redoc")
 READER_ALLOWED = {("GET", "/api/admin/kms/status")}
+#: The HTTP front door: off in this app (no scopes file), so it answers TK-FRONT-DOOR-OFF to every
+#: caller and queues nothing; its tokens (producers' own, not admin/reader) are tested with the
+#: door on in tests/integration/test_front_door.py.
+FRONT_DOOR = "/v1/jobs"
 
 
 def _routes(app: Any) -> list[tuple[str, str]]:
@@ -57,6 +61,10 @@ def test_every_protected_route_refuses_missing_reader_and_forged_tokens(
             ):
                 continue
             response = api.request(method, path, json=body, headers=headers)
+            if path.startswith(FRONT_DOOR):
+                assert response.status_code == 404, (method, path, headers, response.text)
+                assert response.json()["error"]["code"] == "TK-FRONT-DOOR-OFF"
+                continue
             assert response.status_code in allowed, (method, path, headers, response.text)
             error = response.json()["error"]
             assert error["code"] in {"TK-AUTH-REQUIRED", "TK-AUTH-FORBIDDEN"}, error

@@ -1,8 +1,10 @@
 """Raw broker messages published with kombu straight into the queues of a real worker:
 not JSON, no task header, unknown tasks, oversized bodies, and real task names with generated
 arguments. The worker keeps running; every message ends in the dead-letter store or with an
-error result under its id -- none is silently dropped. (JSON bodies of the wrong *shape* kill
-the worker today: see test_pending_malformed_body.py.)"""
+error result under its id -- none is silently dropped. The issue's named bad inputs (wrong
+shapes, unknown task, missing and extra fields, payload over the limit, invalid base64,
+non-UTF-8 tenant ids, invalid UTF-8, huge and empty batches) each end with their own code.
+(JSON bodies of the wrong *shape*: see also test_malformed_body.py.)"""
 
 from __future__ import annotations
 
@@ -167,5 +169,129 @@ def test_raw_messages_never_stop_the_worker_and_none_is_dropped(
     assert worker.poll() is None, "the worker died"
     with deployment.client() as client:  # and it still signs
         client.sign("acme", b"still signing", timeout=30)
+    log = deployment.log("w1")
+    assert "Traceback" not in log, log[-3000:]
+
+
+def _named(task: str, body: bytes | str, **extra: Any) -> dict[str, Any]:
+    """A raw message of one named case: JSON text as a producer in any language could send."""
+    return {
+        "body": body.encode() if isinstance(body, str) else body,
+        "content_type": "application/json",
+        "headers": {"id": str(uuid.uuid4()), "task": task, "lang": "py"},
+        "queue": jobs.ROUTES.get(task, jobs.SIGN_QUEUE),
+        **extra,
+    }
+
+
+def _job(task: str, kwargs_json: str, args_json: str = "[]") -> str:
+    return f"[{args_json}, {kwargs_json}, {{}}]"
+
+
+_A = jobs.encode_payload(b"a")
+_OVER = jobs.encode_payload(b"x" * (1_048_576 + 1))
+_ITEM = f'{{"tenant_id": "acme", "payload": "{_A}"}}'
+#: The issue's "bad input" list, one message each: (case, message, the code it must end with).
+NAMED_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("body is an object", _named(jobs.SIGN, '{"tenant_id": "acme"}'), "TK-INVALID-ARGUMENT"),
+    ("kwargs is a list", _named(jobs.SIGN, "[[], [], {}]"), "TK-INVALID-ARGUMENT"),
+    ("positional arguments", _named(jobs.SIGN, _job(jobs.SIGN, "{}", '["acme"]')), "TK-"),
+    ("unknown task", _named("tenantkeys.nope", _job("", '{"tenant_id": "acme"}')), "TK-"),
+    ("missing payload", _named(jobs.SIGN, _job("", '{"tenant_id": "acme"}')), "TK-"),
+    (
+        "extra field",
+        _named(jobs.SIGN, _job("", f'{{"tenant_id": "acme", "payload": "{_A}", "x": 1}}')),
+        "TK-INVALID-ARGUMENT",
+    ),
+    (
+        "payload over the limit",
+        _named(jobs.SIGN, _job("", f'{{"tenant_id": "acme", "payload": "{_OVER}"}}')),
+        "TK-PAYLOAD-TOO-LARGE",
+    ),
+    (
+        "invalid base64",
+        _named(jobs.SIGN, _job("", '{"tenant_id": "acme", "payload": "not base64!"}')),
+        "TK-INVALID-ENCODING",
+    ),
+    (
+        "unpadded base64",
+        _named(jobs.SIGN, _job("", '{"tenant_id": "acme", "payload": "YQ"}')),
+        "TK-INVALID-ENCODING",
+    ),
+    (
+        "lone surrogate tenant id",
+        _named(jobs.SIGN, _job("", f'{{"tenant_id": "\\udc80", "payload": "{_A}"}}')),
+        "TK-INVALID-TENANT",
+    ),
+    (
+        "lone surrogate tenant id (create_keys)",
+        _named(jobs.CREATE_KEYS, _job("", '{"tenant_id": "a\\ud800b"}')),
+        "TK-INVALID-TENANT",
+    ),
+    (
+        "invalid UTF-8 in the body",
+        _named(jobs.SIGN, b'[[], {"tenant_id": "\xff\xfe", "payload": "YQ=="}, {}]'),
+        "TK-INVALID-ENCODING",
+    ),
+    (
+        "tenant id with a NUL",
+        _named(jobs.SIGN, _job("", f'{{"tenant_id": "ac\\u0000me", "payload": "{_A}"}}')),
+        "TK-INVALID-TENANT",
+    ),
+    (
+        "batch over the item limit",
+        _named(
+            jobs.SIGN_BATCH,
+            _job("", '{"items": [' + ", ".join([_ITEM] * (jobs.MAX_BATCH_ITEMS + 1)) + "]}"),
+        ),
+        "TK-INVALID-ARGUMENT",
+    ),
+    (
+        "batch items not a list",
+        _named(jobs.SIGN_BATCH, _job("", '{"items": {"tenant_id": "acme"}}')),
+        "TK-INVALID-ARGUMENT",
+    ),
+    ("empty batch", _named(jobs.SIGN_BATCH, _job("", '{"items": []}')), "TK-INVALID-ARGUMENT"),
+]
+
+
+def test_each_named_bad_input_ends_with_its_code(deployment: Deployment) -> None:
+    """Every case of the issue's list: a FAILURE with its code (or a dead letter with it),
+    the worker alive, nothing silently dropped."""
+    worker = deployment.worker("w1", concurrency=2)
+    with deployment.client() as client:
+        client.create_keys("acme", timeout=60)
+    messages = [message for _case, message, _code in NAMED_CASES]
+    for _case in NAMED_CASES:
+        count_case("named bad input (real worker)")
+    _publish(deployment, messages)
+    ids = [m["headers"]["id"] for m in messages]
+    store = deployment.deadletters()
+
+    def outcomes() -> dict[str, str]:
+        found = {
+            # A failure that is not ours has no code: shown whole, it fails the check below.
+            job_id: str(envelope["error"].get("code", envelope["error"]))
+            for job_id, envelope in results(deployment, ids).items()
+            if not envelope["ok"]
+        }
+        for entry in store.entries():
+            found.setdefault(entry.job_id, entry.code)
+        return found
+
+    try:
+        wait_for(lambda: len(outcomes()) == len(ids), 60, "every named case's outcome", 0.5)
+    except AssertionError:
+        got = outcomes()
+        missing = [case for case, m, _code in NAMED_CASES if m["headers"]["id"] not in got]
+        raise AssertionError(f"no outcome for {missing}\n" + deployment.log("w1")[-3000:]) from None
+    got = outcomes()
+    wrong = [
+        (case, got[message["headers"]["id"]], code)
+        for case, message, code in NAMED_CASES
+        if not got[message["headers"]["id"]].startswith(code)
+    ]
+    assert not wrong, wrong
+    assert worker.poll() is None, "the worker died"
     log = deployment.log("w1")
     assert "Traceback" not in log, log[-3000:]

@@ -45,7 +45,7 @@ CLASSES = sorted(
     (c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, TenantKeysError)),
     key=lambda c: c.__name__,
 )
-STATUSES = {400, 404, 409, 413, 500, 503, 504}
+STATUSES = {400, 403, 404, 409, 413, 500, 503, 504}
 
 
 def every_error() -> list[TenantKeysError]:

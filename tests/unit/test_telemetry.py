@@ -36,6 +36,8 @@ pytestmark = pytest.mark.unit
 #: the histogram bucket bound.
 ALLOWED_LABELS = {"provider", "operation", "outcome", "layer", "result", "queue", "purpose"}
 ALLOWED_LABELS |= {"state", "version", "le"}
+#: The scope counters: a producer's name from the scopes file (bounded), queue or http.
+ALLOWED_LABELS |= {"producer", "path"}
 
 FULL_STATE = telemetry.ServiceState(
     last_sweep_timestamp=1_700_000_000.0,
@@ -66,6 +68,8 @@ def record_one_of_everything() -> None:
     telemetry.set_l1_entries(1)
     telemetry.record_signature("ok", 0.002)
     telemetry.record_rotation("signing", "ok")
+    telemetry.record_scope_refusal("billing", "queue")
+    telemetry.record_job_id_conflict("billing", "http")
     telemetry.set_build_info("0.1.0", "aws")
 
 
@@ -78,7 +82,7 @@ def default_prices() -> Iterator[None]:
 def test_every_metric_name_starts_with_tenantkeys() -> None:
     names = [family.name for metric in telemetry.METRICS for family in metric.describe()]
     names += list(telemetry.STATE_GAUGES)
-    assert len(names) == len(set(names)) == 16
+    assert len(names) == len(set(names)) == 18
     assert all(name.startswith("tenantkeys_") for name in names), names
 
 

@@ -8,15 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tenantkeys import __version__
-from tenantkeys.api import admin, errors, health
+from tenantkeys.api import admin, errors, health, jobs
 from tenantkeys.api.services import ApiServices
 from tenantkeys.config import Settings, load_settings
 
 DESCRIPTION = """Operations API of tenantkeys: health, KMS validation and status, dead letters,
-per-tenant JWKS and Prometheus metrics.
+per-tenant JWKS and Prometheus metrics; and the HTTP front door (`/v1/jobs`) where upstream
+services enqueue signing jobs.
 
 Admin routes take `Authorization: Bearer <token>`; the `admin` role may do everything, the
 `reader` role may read the status only. `/health/*`, `/metrics` and the JWKS need no token.
+The front door takes a producer's token (TENANTKEYS_PRODUCER_SCOPES_FILE lists each token's
+SHA-256 and the tenants it may sign for).
 Every error is `{"error": {"code": "TK-...", "message": ...}}`."""
 
 
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(admin.public)
+    app.include_router(jobs.router)
     return app
 
 

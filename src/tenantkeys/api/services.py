@@ -22,12 +22,14 @@ from tenantkeys.api.auth import TokenTable
 from tenantkeys.config import Settings
 from tenantkeys.errors import ConfigurationError
 from tenantkeys.jobs.deadletters import DeadLetterStore
+from tenantkeys.jobs.scopes import ProducerScopes
 from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.keys.store import KeyStore
 from tenantkeys.queue.broker import BrokerProbe
 from tenantkeys.resilience import Resilience
 
 if TYPE_CHECKING:
+    from tenantkeys.api.front_door import FrontDoor
     from tenantkeys.client import SigningClient
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ class ApiServices:
     ) -> None:
         self.settings = settings
         self.tokens = TokenTable(settings.admin_token_sha256, settings.reader_token_sha256)
+        #: The front door's producers; None (front door off) without a scopes file.
+        self.scopes = ProducerScopes.from_settings(settings)
+        self._front_door: FrontDoor | None = None
         self.redis = redis_client(settings)
         self.resilience = Resilience.from_settings(settings, self.redis)
         self.broker = BrokerProbe.from_settings(settings)
@@ -125,6 +130,21 @@ class ApiServices:
                 self._client = SigningClient.from_settings(self.settings)
             return self._client
 
+    def front_door(self) -> FrontDoor | None:
+        """The HTTP front door (built on first use), or None when no scopes file is set."""
+        if self.scopes is None:
+            return None
+        sender = self.sender()
+        with self._lock:
+            if self._front_door is None:
+                from tenantkeys.api.front_door import FrontDoor, JobOwners
+
+                owners = JobOwners(
+                    self.redis, self.settings.redis_prefix, self.settings.result_expires_seconds
+                )
+                self._front_door = FrontDoor(self.settings, self.scopes, owners, sender)
+            return self._front_door
+
     def render_metrics(self) -> bytes:
         probe: telemetry.StateProbe | None = None
         try:
@@ -138,6 +158,7 @@ class ApiServices:
         with self._lock:
             runtime, store, client = self._runtime, self._store, self._client
             self._runtime = self._store = self._client = self._sources = None
+            self._front_door = None
         for closer in (
             runtime.close if runtime else None,
             store.close if store else None,

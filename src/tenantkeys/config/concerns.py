@@ -292,6 +292,13 @@ class ApiSettings(_Concern):
     #: Cache-Control max-age of the JWKS: how long a cache that honours it may still show a
     #: revoked key. A minute spares the store and bounds that window (docs/verifying.md).
     jwks_max_age_seconds: int = Field(default=60, ge=0, le=86_400)
+    #: Longest ?wait= of the HTTP front door: a signature takes milliseconds, so 10 s covers a
+    #: busy queue while staying under the idle timeouts of proxies (often 30-60 s); a caller
+    #: that needs longer polls GET /v1/jobs/{id}, which holds no connection.
+    front_door_max_wait_seconds: float = Field(default=10.0, ge=0, le=300)
+    #: Largest request body of the front door, refused (413) before it is read: room for a
+    #: full batch of small payloads or one payload at TENANTKEYS_MAX_PAYLOAD_BYTES, base64.
+    front_door_max_body_bytes: int = Field(default=16_777_216, ge=1_024, le=268_435_456)
 
 
 class TelemetrySettings(_Concern):
@@ -345,6 +352,15 @@ class MessageSigningSettings(_Concern):
     message_signing_cert_file: Path | None = None
     #: Directory of the trusted certificates (``*.pem``), the workers' own included.
     message_signing_cert_store: Path | None = None
+    #: JSON file of producers (token SHA-256 or certificate subject) and the tenants each may
+    #: sign for (docs/reliability.md#producer-scopes); unset = off. Workers need message signing.
+    producer_scopes_file: Path | None = None
+
+    @field_validator("producer_scopes_file", mode="before")
+    @classmethod
+    def _no_scopes_when_empty(cls, value: object) -> object:
+        # An empty variable means "not set", never the current directory.
+        return None if value in ("", None) else value
 
     def message_signing_files(self) -> tuple[Path, Path, Path] | None:
         """``(key, cert, store)`` with message signing on, else None; raises if incomplete."""

@@ -189,6 +189,12 @@ class JobRunner:
         return signature.to_dict()
 
     def _sign_batch(self, args: contract.SignBatchArgs) -> contract.SignBatchResult:
+        if not 1 <= len(args["items"]) <= contract.MAX_BATCH_ITEMS:
+            raise InvalidRequest(
+                f"a sign_batch job carries 1 to {contract.MAX_BATCH_ITEMS} items, not "
+                f"{len(args['items'])}: split bigger batches into several jobs",
+                code=ErrorCode.INVALID_ARGUMENT,
+            )
         results: list[dict[str, Any]] = []
         transient: TenantKeysError | None = None
         for item in args["items"]:

@@ -5,10 +5,15 @@ serializer: the JSON body plus a signature by this process's key and the id of i
 certificate. A worker accepts only such messages, signed by a certificate in its store; an
 unsigned or forged one is refused before any task runs (see ``workers/consumer.py``).
 Results and events stay JSON: they carry no work to do.
+
+The certificate that signed a message names its producer: :func:`signer_subject` reads it from
+a message the serializer has verified (``workers/producers.py`` checks producer scopes by it).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import threading
 from pathlib import Path
@@ -17,7 +22,8 @@ from celery import Celery
 from celery.exceptions import SecurityError
 from celery.security.certificate import Certificate, CertStore
 from celery.security.key import PrivateKey
-from celery.security.serialization import SecureSerializer
+from celery.security.serialization import DEFAULT_SEPARATOR, SecureSerializer
+from cryptography import x509
 from kombu.serialization import registry
 
 from tenantkeys.config import Settings
@@ -41,21 +47,44 @@ class TrustedCertificates(CertStore):  # type: ignore[misc]
         super().__init__()
         self.directory = directory
         self._lock = threading.Lock()
+        #: The subject (RFC 4514) of each certificate, by Celery's id (issuer and serial).
+        self._subjects: dict[str, str] = {}
         self._certs = self._load()
 
     def _load(self) -> dict[str, Certificate]:
         certs: dict[str, Certificate] = {}
+        subjects: dict[str, str] = {}
+        ambiguous: set[str] = set()
         for path in sorted(self.directory.glob("*.pem")):
             try:
-                cert = Certificate(path.read_text())
-            except (OSError, SecurityError) as exc:
+                pem = path.read_text()
+                cert = Certificate(pem)
+                subject = x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()
+            except (OSError, ValueError, SecurityError) as exc:
                 log.warning("trusted certificate %s not loaded (%s)", path.name, exc)
                 continue
             if cert.has_expired():
                 log.warning("trusted certificate %s has expired; ignored", path.name)
                 continue
-            certs[str(cert.get_id())] = cert
+            cert_id = str(cert.get_id())
+            if cert_id in subjects and subjects[cert_id] != subject:
+                # Celery finds a signer by issuer and serial: two subjects under one id would
+                # make the producer of a message ambiguous, so neither is trusted.
+                log.error("trusted certificates share issuer and serial %s; both ignored", cert_id)
+                ambiguous.add(cert_id)
+            certs[cert_id] = cert
+            subjects[cert_id] = subject
+        for cert_id in ambiguous:
+            del certs[cert_id], subjects[cert_id]
+        self._subjects = subjects
         return certs
+
+    def subject(self, cert_id: str) -> str | None:
+        """The subject of a trusted certificate, by Celery's certificate id; None if unknown."""
+        if cert_id not in self._subjects:
+            with self._lock:
+                self._certs = self._load()
+        return self._subjects.get(cert_id) if cert_id in self._certs else None
 
     def __getitem__(self, cert_id: str | bytes) -> Certificate:
         try:
@@ -65,6 +94,34 @@ class TrustedCertificates(CertStore):  # type: ignore[misc]
             with self._lock:
                 self._certs = self._load()
             return super().__getitem__(cert_id)
+
+
+_trusted: TrustedCertificates | None = None
+#: Base64 characters (a multiple of 4) decoded to find a signed message's signer id.
+_HEAD = 4096
+
+
+def signer_subject(body: bytes | str) -> str | None:
+    """The subject (RFC 4514) of the certificate that signed ``body``, a signed message body.
+
+    Call it only for a body the ``auth`` serializer has verified (the message decoded): the
+    signer it names is then the one whose certificate checked the signature. None when
+    message signing is off here, or the body or its signer is unknown.
+    """
+    if _trusted is None:
+        return None
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        # Celery's envelope (celery.security.serialization, checked against Celery 5.6):
+        # base64 of b64(signer) SEP b64(signature) SEP content type SEP encoding SEP body.
+        # The signer comes first: decode a head of the envelope, not a whole payload.
+        head = base64.b64decode(data[:_HEAD])
+        if DEFAULT_SEPARATOR not in head:
+            head = base64.b64decode(data)
+        signer = base64.b64decode(head.split(DEFAULT_SEPARATOR, 1)[0]).decode()
+    except (binascii.Error, ValueError):
+        return None
+    return _trusted.subject(signer)
 
 
 def setup_message_signing(app: Celery, settings: Settings) -> None:
@@ -96,10 +153,12 @@ def setup_message_signing(app: Celery, settings: Settings) -> None:
     )
     # Then the same "auth" serializer over a store that picks up added certificates.
     # Authenticity: only a body signed by a key whose certificate is in the store decodes.
+    global _trusted  # noqa: PLW0603 - the one store of this process, read by signer_subject
+    _trusted = TrustedCertificates(store)
     signed = SecureSerializer(
         PrivateKey(key.read_text()),
         Certificate(cert.read_text()),
-        TrustedCertificates(store),
+        _trusted,
         DIGEST,
         serializer="json",
     )

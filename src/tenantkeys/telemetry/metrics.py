@@ -19,6 +19,7 @@ Two kinds of metric:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +53,8 @@ SignatureOutcome = Literal["ok", "rejected", "retry", "failed"]
 Purpose = Literal["signing", "encryption"]
 #: ``skipped``: another sweep or worker rotated it first (lock or conditional update lost).
 RotationOutcome = Literal["ok", "skipped", "failed"]
+#: Where a job came in: the broker (checked by the workers) or the HTTP front door.
+JobPath = Literal["queue", "http"]
 #: pybreaker's own state names, as `Resilience.state()` returns them.
 BreakerState = Literal["closed", "half-open", "open"]
 Queue = Literal["tenantkeys.sign", "tenantkeys.keys", "tenantkeys.maintenance"]
@@ -112,6 +115,16 @@ SIGN_LATENCY = Histogram(
 ROTATIONS = Counter(
     "tenantkeys_rotations_total", "Key rotations by purpose and outcome.", ["purpose", "outcome"]
 )
+SCOPE_REFUSALS = Counter(
+    "tenantkeys_scope_refusals_total",
+    "Jobs refused because their producer may not sign for a tenant they name.",
+    ["producer", "path"],
+)
+JOB_ID_CONFLICTS = Counter(
+    "tenantkeys_job_id_conflicts_total",
+    "Jobs refused because another producer used their job id first.",
+    ["producer", "path"],
+)
 BUILD_INFO = Gauge(
     "tenantkeys_build_info",
     "Always 1; the version and the configured KMS provider as labels.",
@@ -129,6 +142,8 @@ METRICS: Final = (
     SIGNATURES,
     SIGN_LATENCY,
     ROTATIONS,
+    SCOPE_REFUSALS,
+    JOB_ID_CONFLICTS,
     BUILD_INFO,
 )
 
@@ -238,6 +253,26 @@ def record_rotation(purpose: Purpose, outcome: RotationOutcome) -> None:
     ROTATIONS.labels(
         check_label("purpose", purpose, Purpose), check_label("outcome", outcome, RotationOutcome)
     ).inc()
+
+
+#: Producer names label two counters: the scopes file bounds them to a few, from this alphabet.
+_PRODUCER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _producer(name: str) -> str:
+    if not _PRODUCER_NAME.fullmatch(name):
+        raise ValueError(f"metric label producer={name!r} is not a producer name")
+    return name
+
+
+def record_scope_refusal(producer: str, path: JobPath) -> None:
+    """Count one job refused for its producer's tenant scope (label: the producer's name)."""
+    SCOPE_REFUSALS.labels(_producer(producer), check_label("path", path, JobPath)).inc()
+
+
+def record_job_id_conflict(producer: str, path: JobPath) -> None:
+    """Count one job refused because another producer used its job id first."""
+    JOB_ID_CONFLICTS.labels(_producer(producer), check_label("path", path, JobPath)).inc()
 
 
 def prime(provider: str) -> None:
