@@ -45,12 +45,17 @@ from workers.outcomes import (
     send_events,
     write_results,
 )
+from workers.requests import RedactedRequest
 
 log = logging.getLogger(__name__)
 
 
 class RedactedTask(Task):  # type: ignore[misc]
-    """Every message it publishes (including retries) shows hashes, never payloads."""
+    """Every message it publishes (including retries) shows hashes, never payloads; so does
+    every remote-control answer about its jobs (``celery inspect active`` ..., Flower)."""
+
+    #: ``info()`` gives the redacted reprs even when Celery asks for the raw arguments.
+    Request = RedactedRequest
 
     #: A job failing with one of ours is an outcome, not a crash: Celery logs it in one line
     #: (no traceback) and still stores FAILURE and sends task-failed.
