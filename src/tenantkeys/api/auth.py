@@ -77,6 +77,14 @@ bearer = HTTPBearer(
 )
 
 
+def unauthorized(credentials: HTTPAuthorizationCredentials | None, message: str) -> ApiError:
+    """401 ``TK-AUTH-REQUIRED`` with the RFC 6750 challenge (``invalid_token`` if one was sent)."""
+    challenge = 'Bearer realm="tenantkeys"'
+    if credentials:  # a token was sent but is not known
+        challenge += ', error="invalid_token"'
+    return ApiError(401, AUTH_REQUIRED, message, {"WWW-Authenticate": challenge})
+
+
 def _tokens(request: Request) -> TokenTable:
     table: TokenTable = request.app.state.services.tokens
     return table
@@ -91,14 +99,8 @@ def require(*allowed: Role) -> Callable[..., Role]:
     ) -> Role:
         role = _tokens(request).role_of(credentials.credentials) if credentials else None
         if role is None:
-            challenge = 'Bearer realm="tenantkeys"'
-            if credentials:  # RFC 6750: a token was sent but is not known
-                challenge += ', error="invalid_token"'
-            raise ApiError(
-                401,
-                AUTH_REQUIRED,
-                "a bearer token with the admin or reader role is required",
-                {"WWW-Authenticate": challenge},
+            raise unauthorized(
+                credentials, "a bearer token with the admin or reader role is required"
             )
         if role not in allowed:
             raise ApiError(

@@ -27,7 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from tenantkeys import jobs
-from tenantkeys.api.errors import AUTH_REQUIRED, ApiError, error_responses
+from tenantkeys.api.auth import unauthorized
+from tenantkeys.api.errors import ApiError, error_responses
 from tenantkeys.api.front_door import TASKS, FrontDoor, RequestShapeError
 from tenantkeys.api.health import services
 from tenantkeys.api.job_models import (
@@ -86,14 +87,9 @@ def _door(request: Request) -> FrontDoor:
 def _producer(door: FrontDoor, credentials: HTTPAuthorizationCredentials | None) -> Producer:
     producer = door.producer_of(credentials.credentials if credentials else None)
     if producer is None:
-        challenge = 'Bearer realm="tenantkeys"'
-        if credentials:  # RFC 6750: a token was sent but is not known
-            challenge += ', error="invalid_token"'
-        raise ApiError(
-            401,
-            AUTH_REQUIRED,
+        raise unauthorized(
+            credentials,
             "a producer's bearer token is required (one listed in TENANTKEYS_PRODUCER_SCOPES_FILE)",
-            {"WWW-Authenticate": challenge},
         )
     return producer
 
