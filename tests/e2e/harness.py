@@ -233,6 +233,26 @@ def run_cli(
     )
 
 
+def on_broker(
+    broker: str, tmp: Path, make: Callable[..., Deployment] = Deployment
+) -> Iterator[Deployment]:
+    """A deployment made by ``make`` on ``broker`` ("redis", or "rabbitmq" in a vhost of its
+    own), stopped afterwards: the body of a fixture parametrised over both brokers."""
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
+    if broker == "redis":
+        made = make(tmp)
+        yield made
+        made.stop()
+        return
+    if not port_open(AMQP_HOST, 5672):
+        service_missing(f"RabbitMQ at {AMQP_HOST}:5672")
+    with rabbitmq_vhost() as url:
+        made = make(tmp, broker_url=url)
+        yield made
+        made.stop()
+
+
 @contextmanager
 def rabbitmq_vhost() -> Iterator[str]:
     """A RabbitMQ vhost of our own (created and deleted with rabbitmqctl); yields its URL."""

@@ -22,26 +22,14 @@ from tenantkeys.keys.store import KeyStore
 from tenantkeys.queue.config import celery_config
 from tenantkeys.signing import Signature
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.harness import Deployment, rabbitmq_vhost, wait_for
+from tests.e2e.harness import Deployment, on_broker, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    if not port_open(REDIS_HOST, REDIS_PORT):
-        service_missing("Redis")
-    if request.param == "redis":
-        made = Deployment(tmp_path)
-        yield made
-        made.stop()
-        return
-    if not port_open("127.0.0.1", 5672):
-        service_missing("RabbitMQ at 127.0.0.1:5672")
-    with rabbitmq_vhost() as url:
-        made = Deployment(tmp_path, broker_url=url)
-        yield made
-        made.stop()
+    yield from on_broker(request.param, tmp_path)
 
 
 @pytest.fixture

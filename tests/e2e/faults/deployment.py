@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import port_open, service_missing
-from tests.e2e.harness import Deployment, rabbitmq_vhost
+from tests.e2e import harness
+from tests.e2e.harness import Deployment
 
 
 def fault_deployment(tmp: Path, broker_url: str | None = None, **overrides: Any) -> Deployment:
@@ -32,19 +32,8 @@ def fault_deployment(tmp: Path, broker_url: str | None = None, **overrides: Any)
 
 
 def on_broker(broker: str, tmp: Path) -> Iterator[Deployment]:
-    """A fault deployment on ``broker`` ("redis", or "rabbitmq" in a vhost of its own), stopped
-    and cleaned afterwards: the body of a fixture parametrised over both brokers."""
-    if broker == "redis":
-        made = fault_deployment(tmp)
-        yield made
-        made.stop()
-        return
-    if not port_open("127.0.0.1", 5672):
-        service_missing("RabbitMQ at 127.0.0.1:5672")
-    with rabbitmq_vhost() as url:
-        made = fault_deployment(tmp, broker_url=url)
-        yield made
-        made.stop()
+    """A fault deployment on ``broker`` (see :func:`tests.e2e.harness.on_broker`)."""
+    yield from harness.on_broker(broker, tmp, fault_deployment)
 
 
 def replay_all(deployment: Deployment, extra_env: dict[str, str] | None = None) -> str:
