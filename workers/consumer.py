@@ -46,7 +46,11 @@ from workers.producers import QueueScopes, Refusal
 
 log = logging.getLogger(__name__)
 #: What the workers accept, for the reason of a refused message.
-_ACCEPTED = "JSON signed by a trusted certificate" if settings.message_signing else "JSON"
+_ACCEPTED = (
+    "JSON or msgpack signed by a trusted certificate"
+    if settings.message_signing
+    else "JSON or msgpack"
+)
 _writer: DeadLetterWriter | None = None
 _REJECTED: tuple[telemetry.SignatureOutcome] = ("rejected",)
 #: The ``argsrepr`` of :func:`tenantkeys.jobs.argsrepr` (jobs take keyword arguments only).
@@ -312,7 +316,8 @@ def _signatures(message: Any) -> int:
     if task != jobs.SIGN_BATCH:
         return 0
     try:
-        items = message.decode()[1].get("items")
+        kwargs = message.decode()[1]
+        items = kwargs.get(jobs.COMPACT_BATCH_FIELD if jobs.is_compact_batch(kwargs) else "items")
     except Exception:  # its shape was checked; anything odd counts as one
         return 1
     return min(len(items), jobs.MAX_BATCH_ITEMS) if isinstance(items, list) and items else 1

@@ -49,7 +49,8 @@ def requeue(
 ) -> None:
     """Publish the job again under ``job_id`` with ``retries`` attempts counted."""
     task.apply_async(
-        kwargs=kwargs,
+        # JSON, whatever form the job came in: a msgpack job's payloads go as base64.
+        kwargs=jobs.json_safe(kwargs),
         task_id=job_id,
         retries=retries,
         headers=carried(headers),

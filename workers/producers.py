@@ -155,9 +155,13 @@ class QueueScopes:
         if task in _ONE_TENANT:
             tenants = _strings([kwargs.get("tenant_id")])
         elif task == jobs.SIGN_BATCH:
+            # Both forms' tenants: the compact one's, and each item's (a job naming both is
+            # refused by the contract, but only after this check).
             items = kwargs.get("items")
             items = items if isinstance(items, list) else []
-            tenants = _strings(i.get("tenant_id") for i in items if isinstance(i, Mapping))
+            named = [kwargs.get("tenant_id")]
+            named += [i.get("tenant_id") for i in items if isinstance(i, Mapping)]
+            tenants = _strings(named)
         else:
             raise ScopeDenied(
                 f"producer {producer.name!r} may not send {task[:100]!r} jobs: only a producer "

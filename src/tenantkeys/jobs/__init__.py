@@ -9,6 +9,7 @@ database, cache or KMS code.
 from __future__ import annotations
 
 from tenantkeys.jobs.contract import (
+    COMPACT_BATCH_FIELD,
     CREATE_KEYS,
     EXCHANGE,
     KEYS_QUEUE,
@@ -22,6 +23,7 @@ from tenantkeys.jobs.contract import (
     SIGN,
     SIGN_BATCH,
     SIGN_QUEUE,
+    is_compact_batch,
     parse_arguments,
 )
 from tenantkeys.jobs.messages import (
@@ -35,6 +37,7 @@ from tenantkeys.jobs.messages import (
     failed,
     failure_detail,
     job_failure,
+    json_safe,
     ok,
     redact,
     tenant_of,
@@ -42,6 +45,7 @@ from tenantkeys.jobs.messages import (
 )
 
 __all__ = [
+    "COMPACT_BATCH_FIELD",
     "CREATE_KEYS",
     "ENQUEUED_AT_HEADER",
     "EXCHANGE",
@@ -64,7 +68,9 @@ __all__ = [
     "error_from",
     "failed",
     "failure_detail",
+    "is_compact_batch",
     "job_failure",
+    "json_safe",
     "ok",
     "parse_arguments",
     "redact",

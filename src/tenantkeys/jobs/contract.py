@@ -68,6 +68,21 @@ class SignBatchArgs(TypedDict):
 
 
 @with_config(_STRICT)
+class SignBatchCompactArgs(TypedDict):
+    """``tenantkeys.sign_batch``, compact form: one tenant, 1 to :data:`MAX_BATCH_ITEMS`
+    payloads, and a :class:`SignBatchCompactResult` back.
+
+    Sent as msgpack (content type ``application/x-msgpack``), each payload is raw bytes (bin);
+    sent as JSON, each is base64 as in a sign job. A job's own form decides its result's form,
+    so producers of the ``items`` form are unaffected.
+    """
+
+    tenant_id: str
+    payloads: list[bytes | str]
+    canonical_json: NotRequired[bool]
+
+
+@with_config(_STRICT)
 class CreateKeysArgs(TypedDict):
     """``tenantkeys.create_keys``: the purposes the tenant lacks (default: all)."""
 
@@ -125,6 +140,30 @@ class SignBatchResult(TypedDict):
     results: list[ItemResult]
 
 
+class ItemFailure(TypedDict):
+    """A payload of a compact sign_batch that was not signed: its index and why."""
+
+    index: int
+    error: ErrorDetail
+
+
+class SignBatchCompactResult(TypedDict):
+    """A compact sign_batch's result: every signature made with one key at one time.
+
+    ``jws[i]`` is payload ``i``'s detached compact JWS (``header..signature``, verified with
+    the tenant's JWKS like any other), or ``null`` where ``errors`` holds that index.
+    ``timestamps[i]`` (with RFC 3161 timestamps on) is the token of ``jws[i]``.
+    """
+
+    tenant_id: str
+    kid: str
+    alg: str
+    signed_at: str
+    jws: list[str | None]
+    errors: list[ItemFailure]
+    timestamps: NotRequired[list[str | None]]
+
+
 class KeyInfo(TypedDict):
     """The public facts of a key version (never a wrapped or plaintext secret)."""
 
@@ -162,10 +201,11 @@ class RotationSweepResult(TypedDict):
     dead_letters_recovered: int
 
 
-#: task name -> (argument shape, result shape): the whole contract in one table.
-JOBS: Mapping[str, tuple[type[Any], type[Any]]] = {
+#: task name -> (argument shape, result shape): the whole contract in one table. A sign_batch
+#: has two forms, each with its own result (:func:`is_compact_batch` tells them apart).
+JOBS: Mapping[str, tuple[Any, Any]] = {
     SIGN: (SignArgs, Signature),
-    SIGN_BATCH: (SignBatchArgs, SignBatchResult),
+    SIGN_BATCH: (SignBatchArgs | SignBatchCompactArgs, SignBatchResult | SignBatchCompactResult),
     CREATE_KEYS: (CreateKeysArgs, CreateKeysResult),
     ROTATE_KEY: (RotateKeyArgs, RotateKeyResult),
     REVOKE_KEY: (RevokeKeyArgs, KeyInfo),
@@ -173,8 +213,20 @@ JOBS: Mapping[str, tuple[type[Any], type[Any]]] = {
 }
 
 
+#: The compact form of a sign_batch is the one whose arguments name ``payloads``.
+COMPACT_BATCH_FIELD = "payloads"
+
+
+def is_compact_batch(kwargs: object) -> bool:
+    """Whether ``kwargs`` of a sign_batch job ask for the compact form (and its result)."""
+    return isinstance(kwargs, Mapping) and COMPACT_BATCH_FIELD in kwargs
+
+
 @cache
-def _arguments_of(task: str) -> TypeAdapter[Any]:
+def _arguments_of(task: str, compact: bool = False) -> TypeAdapter[Any]:
+    if task == SIGN_BATCH:
+        # One form per job, chosen by its fields: errors then name that form's fields only.
+        return TypeAdapter(SignBatchCompactArgs if compact else SignBatchArgs)
     return TypeAdapter(JOBS[task][0])
 
 
@@ -187,7 +239,8 @@ def parse_arguments(task: str, kwargs: object) -> Any:
     if task not in JOBS:
         raise InvalidRequest(f"no job named {task[:80]!r}")
     try:
-        return _arguments_of(task).validate_python(kwargs)
+        compact = task == SIGN_BATCH and is_compact_batch(kwargs)
+        return _arguments_of(task, compact).validate_python(kwargs)
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
@@ -211,7 +264,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         }
         for task, (args, result) in JOBS.items()
     }
-    schemas[SIGN_BATCH]["arguments"]["properties"]["items"].update(
-        minItems=1, maxItems=MAX_BATCH_ITEMS
-    )
+    forms = schemas[SIGN_BATCH]["arguments"]["$defs"]
+    for form, field in (("SignBatchArgs", "items"), ("SignBatchCompactArgs", "payloads")):
+        forms[form]["properties"][field].update(minItems=1, maxItems=MAX_BATCH_ITEMS)
     return schemas

@@ -372,7 +372,7 @@ class DeadLetterWriter:
         entry = self.store.add(
             task=task,
             job_id=attempt.job_id,
-            kwargs=dict(kwargs),
+            kwargs=messages.json_safe(kwargs),
             arguments=messages.redact(kwargs) if arguments is None else arguments,
             error=error,
             attempts=attempt.attempts,

@@ -80,12 +80,26 @@ def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in kwargs.items():
         if name == "payload":
             shown.update(describe_payload(value))
+        elif name == "payloads" and isinstance(value, list):  # a compact sign_batch
+            sizes = [len(v) if isinstance(v, bytes) else len(str(v)) for v in value]
+            shown.update(payload_count=len(value), payload_bytes=sum(sizes))
         elif name == "items" and isinstance(value, list):
             shown["items"] = [redact(i) if isinstance(i, Mapping) else "?" for i in value[:20]]
             shown["item_count"] = len(value)
         else:
             shown[name] = value if _is_small_scalar(value) else type(value).__name__
     return shown
+
+
+def json_safe(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Job arguments that JSON can carry: a msgpack job's raw payloads as base64 (the compact
+    sign_batch's JSON form, which asks for the same result). For a retry or a dead letter,
+    which travel and are stored as JSON whatever form the job came in."""
+    safe = dict(kwargs)
+    payloads = safe.get("payloads")
+    if isinstance(payloads, list) and any(isinstance(p, bytes) for p in payloads):
+        safe["payloads"] = [encode_payload(p) if isinstance(p, bytes) else p for p in payloads]
+    return safe
 
 
 def _is_small_scalar(value: object) -> bool:

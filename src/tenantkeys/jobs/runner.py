@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, cast, get_args
@@ -57,8 +58,9 @@ class Outcome:
         latency = None
         if enqueued_at is not None:
             latency = (time.time() if now is None else now) - enqueued_at
-        for label in self.signatures:
-            telemetry.record_signature(label, None if label == "retry" else latency)
+        # A batch's items share their latency: one increment per label, not one per item.
+        for label, count in Counter(self.signatures).items():
+            telemetry.record_signature(label, None if label == "retry" else latency, count=count)
         if self.rotation is not None:
             telemetry.record_rotation(*self.rotation)
 
@@ -104,7 +106,8 @@ class JobRunner:
 
     def sign_batch(self, kwargs: object, **where: Any) -> Outcome:
         """``tenantkeys.sign_batch``: one result per item; a bad item fails only itself."""
-        outcome = self._attempt(contract.SIGN_BATCH, kwargs, where, self._sign_batch)
+        work = self._sign_compact if contract.is_compact_batch(kwargs) else self._sign_batch
+        outcome = self._attempt(contract.SIGN_BATCH, kwargs, where, work)
         return replace(outcome, signatures=_batch_labels(kwargs, outcome))
 
     def create_keys(self, kwargs: object, **where: Any) -> Outcome:
@@ -189,12 +192,7 @@ class JobRunner:
         return signature.to_dict()
 
     def _sign_batch(self, args: contract.SignBatchArgs) -> contract.SignBatchResult:
-        if not 1 <= len(args["items"]) <= contract.MAX_BATCH_ITEMS:
-            raise InvalidRequest(
-                f"a sign_batch job carries 1 to {contract.MAX_BATCH_ITEMS} items, not "
-                f"{len(args['items'])}: split bigger batches into several jobs",
-                code=ErrorCode.INVALID_ARGUMENT,
-            )
+        _check_batch_size(len(args["items"]))
         results: list[dict[str, Any]] = []
         transient: TenantKeysError | None = None
         for item in args["items"]:
@@ -214,6 +212,40 @@ class JobRunner:
             raise _BatchTransient(results, transient)
         return cast(contract.SignBatchResult, {"results": results})
 
+    def _sign_compact(self, args: contract.SignBatchCompactArgs) -> contract.SignBatchCompactResult:
+        """The compact form: one tenant, one key lookup, and one JWS (or error) per payload."""
+        _check_batch_size(len(args["payloads"]))
+        payloads: list[object] = list(args["payloads"])
+        undecodable: dict[int, TenantKeysError] = {}
+        for index, payload in enumerate(payloads):
+            if isinstance(payload, str):  # the JSON form: base64, as in a sign job
+                try:
+                    payloads[index] = messages.decode_payload(payload)
+                except InvalidRequest as exc:
+                    undecodable[index] = exc
+                    payloads[index] = None  # refused by sign_many; its error is replaced below
+        signed = self.service.sign_many(
+            args["tenant_id"], payloads, canonical_json=args.get("canonical_json", False)
+        )
+        errors = [(i, undecodable.get(i, error)) for i, error in signed.errors]
+        result = contract.SignBatchCompactResult(
+            tenant_id=signed.tenant_id,
+            kid=signed.kid,
+            alg=signed.alg,
+            signed_at=signed.signed_at,
+            jws=signed.jws,
+            errors=[
+                contract.ItemFailure(index=i, error=cast(contract.ErrorDetail, error.to_dict()))
+                for i, error in errors
+            ],
+        )
+        if self.timestamper is not None:
+            # One token per signature (docs/verifying.md#timestamps); a TSA that fails fails
+            # the job, retried as a whole: nothing is issued unstamped.
+            stamp = self.timestamper.stamp
+            result["timestamps"] = [None if jws is None else stamp(jws) for jws in signed.jws]
+        return result
+
     def _create_keys(self, args: contract.CreateKeysArgs) -> contract.CreateKeysResult:
         purposes = args.get("purposes") or [p.value for p in Purpose]
         created = self.service.create_keys(args["tenant_id"], purposes)
@@ -227,6 +259,15 @@ class JobRunner:
     def _revoke_key(self, args: contract.RevokeKeyArgs) -> contract.KeyInfo:
         revoked = self.service.revoke(args["tenant_id"], args["kid"])
         return cast(contract.KeyInfo, revoked.public_info())
+
+
+def _check_batch_size(count: int) -> None:
+    if not 1 <= count <= contract.MAX_BATCH_ITEMS:
+        raise InvalidRequest(
+            f"a sign_batch job carries 1 to {contract.MAX_BATCH_ITEMS} items, not "
+            f"{count}: split bigger batches into several jobs",
+            code=ErrorCode.INVALID_ARGUMENT,
+        )
 
 
 def _attempt_of(where: Mapping[str, Any], default_worker: str) -> Attempt:
@@ -260,13 +301,20 @@ def _item_label(envelope: object) -> telemetry.SignatureOutcome:
 
 def _batch_labels(kwargs: object, outcome: Outcome) -> tuple[telemetry.SignatureOutcome, ...]:
     """One label per item; a job refused as a whole (bad arguments) counts once per item."""
-    items = kwargs.get("items") if isinstance(kwargs, Mapping) else None
+    field = contract.COMPACT_BATCH_FIELD if contract.is_compact_batch(kwargs) else "items"
+    items = kwargs.get(field) if isinstance(kwargs, Mapping) else None
     count = len(items) if isinstance(items, list) and items else 1
     if outcome.retry_in is not None:
         retry: telemetry.SignatureOutcome = "retry"
         return (retry,) * count
     result = outcome.result or {}
     payload = result.get("result") if result.get("ok") else result.get("error")
+    if isinstance(payload, Mapping) and isinstance(payload.get("jws"), list):
+        failures = [entry.get("error") for entry in payload.get("errors") or ()]
+        signed: telemetry.SignatureOutcome = "ok"
+        return (signed,) * (len(payload["jws"]) - len(failures)) + tuple(
+            _item_label({"ok": False, "error": error}) for error in failures
+        )
     entries = payload.get("results") if isinstance(payload, Mapping) else None
     if isinstance(entries, list):
         return tuple(_item_label(entry) for entry in entries)

@@ -88,6 +88,10 @@ def broker_countdown(queue_type: str, seconds: float | None) -> float | None:
     return float(math.ceil(seconds))
 
 
+#: kombu's name of the serializer of compact sign_batch jobs (``application/x-msgpack``).
+BINARY_SERIALIZER = "msgpack"
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings of producers and workers alike; fails fast on inconsistent timings."""
     longest_wait = settings.retry_cap_seconds + settings.task_time_limit_seconds
@@ -160,11 +164,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker,
         "result_backend": settings.effective_result_backend,
-        # JSON only: a pickle message from anyone who can write to the broker would run code.
+        # JSON, and msgpack for compact sign_batch jobs (raw payload bytes; docs/contract):
+        # never pickle, which would run code from anyone who can write to the broker.
         "task_serializer": "json",
         "result_serializer": "json",
         "event_serializer": "json",
-        "accept_content": ["json"],
+        "accept_content": ["json", BINARY_SERIALIZER],
         "result_accept_content": ["json"],
         # Ack after the job ran, and re-queue when its process dies: a killed worker loses nothing.
         "task_acks_late": True,

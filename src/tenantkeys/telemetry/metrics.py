@@ -18,6 +18,7 @@ Two kinds of metric:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import time
@@ -234,8 +235,9 @@ def set_l1_entries(entries: int) -> None:
     L1_ENTRIES.set(entries)
 
 
-def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
-    """Count a signing job; ``seconds`` is enqueue-to-result time (``None`` for ``retry``).
+def record_signature(outcome: SignatureOutcome, seconds: float | None, *, count: int = 1) -> None:
+    """Count ``count`` signatures of one job, each ``seconds`` from enqueue to result
+    (``None`` for ``retry``). A batch's items share one latency, so they are counted at once.
 
     Enqueue time comes from the producer's clock, so skew can make it negative: clamped to 0.
     """
@@ -243,9 +245,20 @@ def record_signature(outcome: SignatureOutcome, seconds: float | None) -> None:
     if child is None:
         child = SIGNATURES.labels(check_label("outcome", outcome, SignatureOutcome))
         _SIGNATURE_CHILDREN[outcome] = child
-    child.inc()
+    child.inc(count)
     if seconds is not None:
-        SIGN_LATENCY.observe(max(seconds, 0.0))
+        _observe(SIGN_LATENCY, max(seconds, 0.0), count)
+
+
+def _observe(histogram: Histogram, value: float, count: int) -> None:
+    """``count`` observations of ``value``: what ``observe`` does ``count`` times, in one step
+    (prometheus-client's Histogram has no weight; its bucket and sum values take any amount)."""
+    if count == 1:
+        histogram.observe(value)
+        return
+    histogram._sum.inc(value * count)
+    bounds = histogram._upper_bounds
+    histogram._buckets[bisect.bisect_left(bounds, value)].inc(count)
 
 
 def record_rotation(purpose: Purpose, outcome: RotationOutcome) -> None:
