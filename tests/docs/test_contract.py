@@ -4,8 +4,9 @@
   the job contract; a schema that drifts (a field removed, a contract changed) fails.
 * The AsyncAPI document names the queues, routes and tasks of :mod:`tenantkeys.jobs.contract`,
   each message refers to its generated schema, and its examples validate against them.
-* Real messages: what :class:`tenantkeys.client.SigningClient` publishes, and what a real
-  worker stores as SUCCESS and FAILURE, validate against the schemas (``jsonschema``).
+* Real messages: what :class:`tenantkeys.client.SigningClient` publishes (JSON, and the
+  compact sign_batch in msgpack), and what a real worker stores as SUCCESS and FAILURE,
+  validate against the schemas (``jsonschema``).
 
 The document itself is validated by the AsyncAPI parser in tests/interop/test_asyncapi.py.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import redis
 import yaml
@@ -60,6 +62,18 @@ def errors_of(name: str, instance: object) -> list[str]:
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
         for e in validator(name).iter_errors(instance)
     ]
+
+
+def json_instance(value: object) -> object:
+    """A decoded msgpack body as JSON Schema sees it: each bin (bytes) a string, which the
+    compact body's schema describes as ``format: binary``. Check that they are bytes apart."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, list):
+        return [json_instance(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_instance(v) for k, v in value.items()}
+    return value
 
 
 def document() -> dict[str, Any]:
@@ -124,6 +138,27 @@ def schema_file(ref: str) -> str:
     return ref.removeprefix("./schemas/")
 
 
+def body_files(task: str) -> set[str]:
+    """The bodies a message of ``task`` may have: its own, and a sign_batch's compact one."""
+    files = {published.body_file(task)}
+    if task == jobs.SIGN_BATCH:
+        files.add(published.body_file(published.COMPACT_BATCH))
+    return files
+
+
+def content_of(doc: Mapping[str, Any], message: Mapping[str, Any]) -> tuple[str, str]:
+    """A message's content type and AMQP content encoding, its own or from its traits."""
+    found = {"contentType": doc.get("defaultContentType"), "contentEncoding": None}
+    traits = doc["components"].get("messageTraits", {})
+    for layer in [traits[ref_of(t).rsplit("/", 1)[1]] for t in message.get("traits", [])] + [
+        message
+    ]:
+        found["contentType"] = layer.get("contentType", found["contentType"])
+        amqp = layer.get("bindings", {}).get("amqp", {})
+        found["contentEncoding"] = amqp.get("contentEncoding", found["contentEncoding"])
+    return str(found["contentType"]), str(found["contentEncoding"])
+
+
 def message_task(message: Mapping[str, Any]) -> str:
     """The task a message's headers pin (``task: const``)."""
     pinned = [
@@ -158,22 +193,37 @@ def document_problems(
         if sent != routed:
             problems.append(f"{queue}: messages {sorted(sent)}, routed tasks {sorted(routed)}")
     results = by_address.get("celery-task-meta-{jobId}", {"messages": {}})
-    stored = {}
+    stored = set()
     for ref in results["messages"].values():
         message = messages[ref_of(ref).rsplit("/", 1)[1]]
-        stored[message["name"]] = schema_file(ref_of(message["payload"]))
-    expected = {task: published.success_file(task) for task in routes}
-    expected["failure"] = published.FAILURE_FILE
+        stored.add((message["name"], schema_file(ref_of(message["payload"]))))
+    expected = {(task, published.success_file(task)) for task in routes}
+    expected.add((jobs.SIGN_BATCH, published.success_file(published.COMPACT_BATCH)))
+    expected.add(("failure", published.FAILURE_FILE))
     if stored != expected:
-        problems.append(f"result messages {stored} are not {expected}")
+        problems.append(f"result messages {sorted(stored)} are not {sorted(expected)}")
+    json_content = (published.CONTENT_TYPE, published.CONTENT_ENCODING)
+    msgpack_content = (published.BINARY_CONTENT_TYPE, published.BINARY_CONTENT_ENCODING)
+    compact_body = published.body_file(published.COMPACT_BATCH)
+    compact_contents = set()
     for key, message in messages.items():
         if "headers" not in message:
             continue  # a result: checked above
         task = message["name"]
+        body = schema_file(ref_of(message["payload"]))
+        content = content_of(doc, message)
         if task not in routes or message_task(message) != task:
             problems.append(f"message {key}: {task} is not a task, or its header pins another")
-        elif schema_file(ref_of(message["payload"])) != published.body_file(task):
-            problems.append(f"message {key}: payload is not {published.body_file(task)}")
+        elif body not in body_files(task):
+            problems.append(f"message {key}: payload is not one of {sorted(body_files(task))}")
+        elif content not in (json_content, msgpack_content):
+            problems.append(f"message {key}: content {content} is neither JSON nor msgpack")
+        elif content == msgpack_content and body != compact_body:
+            problems.append(f"message {key}: only a compact sign_batch travels as msgpack")
+        if body == compact_body:
+            compact_contents.add(content)
+    if compact_contents != {json_content, msgpack_content}:
+        problems.append(f"the compact sign_batch is sent as {sorted(compact_contents)}")
     sent_by_operations = {
         messages[ref_of(m).rsplit("/", 1)[1]]["name"]
         for op in doc["operations"].values()
@@ -207,6 +257,29 @@ def test_a_document_that_disagrees_with_the_code_fails() -> None:
     doc = document()
     del doc["channels"]["keys"]
     assert document_problems(doc, contract.ROUTES, contract.QUEUES, generated)
+    # The compact sign_batch: its msgpack message, its content type, its result.
+    doc = document()
+    doc["components"]["messages"]["signBatchCompact"]["traits"] = [
+        {"$ref": "#/components/messageTraits/celeryTask"}
+    ]
+    assert document_problems(doc, contract.ROUTES, contract.QUEUES, generated) == [
+        "the compact sign_batch is sent as [('application/json', 'utf-8')]"
+    ]
+    doc = document()
+    doc["components"]["messageTraits"]["celeryBinaryTask"]["bindings"]["amqp"][
+        "contentEncoding"
+    ] = "utf-8"
+    assert document_problems(doc, contract.ROUTES, contract.QUEUES, generated)
+    doc = document()
+    doc["components"]["messages"]["sign"]["traits"] = [
+        {"$ref": "#/components/messageTraits/celeryBinaryTask"}
+    ]
+    assert document_problems(doc, contract.ROUTES, contract.QUEUES, generated) == [
+        "message sign: only a compact sign_batch travels as msgpack"
+    ]
+    doc = document()
+    del doc["channels"]["results"]["messages"]["signBatchCompactResult"]
+    assert document_problems(doc, contract.ROUTES, contract.QUEUES, generated)
 
 
 @pytest.mark.unit
@@ -219,7 +292,13 @@ def test_the_document_examples_validate_against_the_schemas() -> None:
             payload = schema_file(ref_of(message["payload"]))
             assert errors_of(payload, example["payload"]) == [], key
             checked.add(key)
-    assert {"sign", "signResult", "failure"} <= checked
+    assert {
+        "sign",
+        "signResult",
+        "signBatchCompactJson",
+        "signBatchCompactResult",
+        "failure",
+    } <= checked
 
 
 @pytest.mark.unit
@@ -280,25 +359,42 @@ def rabbitmq_deployment(tmp_path: Path) -> Iterator[Deployment]:
         made.stop()
 
 
+#: Raw payloads of the compact sign_batch the capture tests send (one is not UTF-8).
+COMPACT_PAYLOADS = [b"invoice 42", b"invoice \x00\x01\xff 43"]
+
+
 def send_every_job(deployment: Deployment) -> dict[str, str]:
-    """One job of each task, as SigningClient publishes it (no worker runs): id -> task."""
+    """One job of each task, as SigningClient publishes it (no worker runs): id -> task, and
+    the compact sign_batch (msgpack) as ``sign_many`` sends it by default."""
     sent = {}
     with deployment.client() as client:
         for task in contract.JOBS:
             sent[client.send(task, kwargs_of(task))] = task
         pending = client.submit("acme", b"one more", canonical_json=True)  # as sign() sends
         sent[pending.job_id] = jobs.SIGN
+        batch = client.submit_batch("acme", COMPACT_PAYLOADS)
+        sent[batch.job_id] = published.COMPACT_BATCH
     return sent
 
 
-def check_message(headers: Mapping[str, Any], body: bytes | str, queue: str) -> str:
-    """The problems of one published message, as validation errors; returns its job id."""
+def check_message(
+    headers: Mapping[str, Any], body: bytes | str, queue: str, content_type: str
+) -> tuple[str, str]:
+    """The problems of one published message, as validation errors; returns its job id and
+    its task (:data:`published.COMPACT_BATCH` for a compact sign_batch in msgpack)."""
     task = headers["task"]
     assert contract.ROUTES[task] == queue
     assert errors_of(published.HEADERS_FILE, headers) == []
-    assert errors_of(published.body_file(task), json.loads(body)) == []
+    if content_type == published.BINARY_CONTENT_TYPE:
+        decoded = msgpack.unpackb(body, raw=False)
+        assert decoded[1]["payloads"] == COMPACT_PAYLOADS  # raw bytes: msgpack bin
+        task = published.COMPACT_BATCH
+        assert errors_of(published.body_file(task), json_instance(decoded)) == []
+    else:
+        assert content_type == published.CONTENT_TYPE
+        assert errors_of(published.body_file(task), json.loads(body)) == []
     assert "invoice" not in headers["kwargsrepr"]  # hashes and sizes, not payloads
-    return str(headers["id"])
+    return str(headers["id"]), task
 
 
 def raw_redis(url: str) -> redis.Redis:
@@ -309,15 +405,20 @@ def raw_redis(url: str) -> redis.Redis:
 def test_what_the_client_publishes_on_redis_validates(deployment: Deployment) -> None:
     sent = send_every_job(deployment)
     broker = raw_redis(deployment.settings.effective_broker_url)
-    found = set()
+    found = {}
     for queue in contract.QUEUES:
         for item in broker.lrange(queue, 0, -1):
             envelope = json.loads(item)
             assert errors_of(published.REDIS_ENVELOPE_FILE, envelope) == []
             assert envelope["properties"]["delivery_info"]["routing_key"] == queue
-            found.add(check_message(envelope["headers"], base64.b64decode(envelope["body"]), queue))
+            assert envelope["properties"]["body_encoding"] == "base64"
+            body = base64.b64decode(envelope["body"])
+            job_id, task = check_message(envelope["headers"], body, queue, envelope["content-type"])
+            found[job_id] = task
+            if task == published.COMPACT_BATCH:
+                assert envelope["content-encoding"] == published.BINARY_CONTENT_ENCODING
     broker.close()
-    assert found == set(sent)
+    assert found == sent
     # The schemas can fail: a message without its delivery tag, or with positional arguments.
     assert errors_of(published.REDIS_ENVELOPE_FILE, {**envelope, "properties": {}})
     assert errors_of(published.body_file(jobs.SIGN), [["acme"], {}, {}])
@@ -333,20 +434,26 @@ def test_what_the_client_publishes_on_rabbitmq_validates(
     rabbitmq_deployment: Deployment,
 ) -> None:
     sent = send_every_job(rabbitmq_deployment)
-    found = set()
+    found = {}
     url = rabbitmq_deployment.settings.effective_broker_url
     with Connection(url) as connection:  # type: ignore[no-untyped-call]
         channel = connection.default_channel
         for queue in contract.QUEUES:
             while (message := channel.basic_get(queue, no_ack=True)) is not None:
-                assert message.content_type == published.CONTENT_TYPE
-                assert message.content_encoding == published.CONTENT_ENCODING
+                encoding = {
+                    published.CONTENT_TYPE: published.CONTENT_ENCODING,
+                    published.BINARY_CONTENT_TYPE: published.BINARY_CONTENT_ENCODING,
+                }
+                assert message.content_encoding == encoding[message.content_type]
                 assert message.properties["delivery_mode"] == 2
                 assert message.properties["correlation_id"] == message.headers["id"]
                 assert message.delivery_info["routing_key"] == queue
                 assert message.delivery_info["exchange"] in ("", contract.EXCHANGE)
-                found.add(check_message(message.headers, message.body, queue))
-    assert found == set(sent)
+                job_id, task = check_message(
+                    message.headers, message.body, queue, message.content_type
+                )
+                found[job_id] = task
+    assert found == sent
 
 
 def stored_result(deployment: Deployment, job_id: str) -> dict[str, Any]:
@@ -394,3 +501,51 @@ def test_what_a_real_worker_stores_validates(deployment: Deployment) -> None:
                 assert record["result"]["exc_message"][1]["retryable"] is False
     unknown = record["result"]["exc_message"][1]
     assert unknown["dead_letter"]  # the unknown task was dead-lettered, and says where
+    check_compact_results(deployment)
+
+
+def check_compact_results(deployment: Deployment) -> None:
+    """Compact sign_batch jobs, in msgpack and as their JSON twin: each SUCCESS validates
+    against the compact result's schema (and the task's), each FAILURE against failure.json;
+    a bad payload fails alone, in ``errors`` with its code."""
+    compact_success = published.success_file(published.COMPACT_BATCH)
+    twin = jobs.encode_payload(b"invoice 42")
+    sent: list[tuple[dict[str, Any], bool, ErrorCode | None, list[ErrorCode | None]]] = [
+        (
+            {"tenant_id": "acme", "payloads": [b'{"a": 1}', b"not json"], "canonical_json": True},
+            True,
+            None,
+            [None, ErrorCode.INVALID_JSON],
+        ),
+        (
+            {"tenant_id": "acme", "payloads": [twin, "not base64!"]},
+            False,
+            None,
+            [None, ErrorCode.INVALID_ENCODING],
+        ),
+        ({"tenant_id": "nobody", "payloads": [b"x"]}, True, ErrorCode.KEY_NOT_FOUND, []),
+        ({"tenant_id": "acme", "payloads": []}, True, ErrorCode.INVALID_ARGUMENT, []),
+    ]
+    with deployment.client() as client:
+        for kwargs, binary, failing, codes in sent:
+            job_id = client.send(jobs.SIGN_BATCH, kwargs, binary=binary)
+            try:
+                client.wait(job_id, 60)
+            except TenantKeysError as exc:
+                assert exc.code == failing, (kwargs["tenant_id"], exc)
+            else:
+                assert failing is None, kwargs["tenant_id"]
+            record = stored_result(deployment, job_id)
+            if failing is not None:
+                assert errors_of(published.FAILURE_FILE, record) == []
+                assert record["result"]["exc_message"][1]["code"] == failing
+                continue
+            assert errors_of(compact_success, record) == []
+            assert errors_of(published.success_file(jobs.SIGN_BATCH), record) == []
+            result = record["result"]["result"]
+            found = {entry["index"]: entry["error"]["code"] for entry in result["errors"]}
+            assert [found.get(i) for i in range(len(codes))] == codes
+            assert [jws is None for jws in result["jws"]] == [c is not None for c in codes]
+            # An items result is no compact one: the schemas tell the two forms apart.
+            items = {**record, "result": {"ok": True, "result": {"results": []}}}
+            assert errors_of(compact_success, items)

@@ -71,12 +71,20 @@ def test_a_document_with_an_error_fails(
     assert path in [error["path"] for error in found["errors"]], found["errors"]
 
 
-def test_a_broken_schema_file_fails(node: Node, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("file", "field"),
+    [
+        pytest.param("tenantkeys.sign.arguments.json", "tenant_id", id="sign"),
+        # The compact sign_batch's own arguments, reached only through its msgpack body.
+        pytest.param("tenantkeys.sign_batch.compact.arguments.json", "payloads", id="compact"),
+    ],
+)
+def test_a_broken_schema_file_fails(node: Node, tmp_path: Path, file: str, field: str) -> None:
     document = copy_contract(tmp_path)
-    arguments = tmp_path / "schemas" / "tenantkeys.sign.arguments.json"
+    arguments = tmp_path / "schemas" / file
     schema = json.loads(arguments.read_text())
-    schema["properties"]["tenant_id"]["type"] = "text"  # no such JSON Schema type
+    schema["properties"][field]["type"] = "text"  # no such JSON Schema type
     arguments.write_text(json.dumps(schema))
     found = validate(node, document)
     assert found["version"] is None
-    assert any("tenant_id/type" in error["path"] for error in found["errors"]), found["errors"]
+    assert any(f"{field}/type" in error["path"] for error in found["errors"]), found["errors"]

@@ -2,11 +2,14 @@
 
 Raw Redis (LPUSH of kombu's envelope) and raw AMQP (pika) from docs/contract/examples/, each in
 a process that cannot import Celery, kombu or tenantkeys; and a Node producer (redis, amqplib,
-jose). The worker runs with default key prefixes (Celery's keys carry none). Each producer sends
-two ``sign`` jobs and one ``sign_batch`` for a tenant with keys and for one without: the
-signatures verify with PyJWT (the docs/verifying.md snippet) against the tenant's JWKS, and
-the unknown tenant gets ``TK-KEY-NOT-FOUND``: a FAILURE for a ``sign`` job, an error per item
-in a ``sign_batch`` result.
+jose, @msgpack/msgpack). The worker runs with default key prefixes (Celery's keys carry none).
+Each producer sends a ``sign`` job per file, one ``sign_batch`` of their ``items`` (JSON) and
+one compact ``sign_batch`` of their raw bytes (msgpack), for a tenant with keys and for one
+without. The signatures verify with PyJWT (the docs/verifying.md snippet) against the tenant's
+JWKS and fail once a byte of their payload changes; a file over the payload limit fails alone
+with ``TK-PAYLOAD-TOO-LARGE`` (in the compact result's ``errors``); the unknown tenant gets
+``TK-KEY-NOT-FOUND``: a FAILURE for a ``sign`` job and for a compact ``sign_batch``, an error
+per item in an ``items`` result. Every stored result validates against its published schema.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pika
 import pytest
 import redis
 
+from tenantkeys.jobs import published
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.docs.test_contract import errors_of
 from tests.e2e.harness import AMQP_HOST, Deployment, rabbitmq_vhost
@@ -34,6 +38,11 @@ pytestmark = pytest.mark.e2e
 NODE_PROJECT = Path(__file__).resolve().parent / "node"
 TENANT, UNKNOWN = "acme", "nobody-here"
 PAYLOADS = (b"invoice 42 paid: 99.50 EUR\n", b'{"invoice": 43, "paid": true}')
+#: The deployment's TENANTKEYS_MAX_PAYLOAD_BYTES, small so a payload over it is cheap to send.
+PAYLOAD_LIMIT = 4096
+#: One byte over the limit, and with bytes JSON has no string for (msgpack carries them raw).
+TOO_BIG = bytes(range(256)) * (PAYLOAD_LIMIT // 256) + b"\x00"
+SIGN, SIGN_BATCH = "tenantkeys.sign", "tenantkeys.sign_batch"
 #: The Python example for each broker.
 PYTHON_PRODUCER = {"redis": "python_redis.py", "rabbitmq": "python_amqp.py"}
 
@@ -48,9 +57,9 @@ class Site:
         self.result_url = deployment.settings.effective_result_backend
         self.jwks = jwks
 
-    def files(self) -> list[str]:
+    def files(self, payloads: tuple[bytes, ...] = PAYLOADS) -> list[str]:
         paths = []
-        for index, data in enumerate(PAYLOADS):
+        for index, data in enumerate(payloads):
             path = self.deployment.tmp / f"evidence-{index}"
             path.write_bytes(data)
             paths.append(str(path))
@@ -67,12 +76,14 @@ def site(
         service_missing(f"Redis at {REDIS_HOST}:{REDIS_PORT}")
     tmp = tmp_path_factory.mktemp(f"producers-{broker}")
     if broker == "redis":
-        yield from _running(broker, Deployment(tmp))
+        yield from _running(broker, Deployment(tmp, max_payload_bytes=PAYLOAD_LIMIT))
         return
     if not port_open(AMQP_HOST, 5672):
         service_missing(f"RabbitMQ at {AMQP_HOST}:5672")
     with rabbitmq_vhost() as url:
-        yield from _running(broker, Deployment(tmp, broker_url=url))
+        yield from _running(
+            broker, Deployment(tmp, broker_url=url, max_payload_bytes=PAYLOAD_LIMIT)
+        )
 
 
 def _running(broker: str, deployment: Deployment) -> Iterator[Site]:
@@ -99,58 +110,98 @@ def verify_pyjwt(jwks: dict[str, Any], jws: str, payload: bytes) -> None:
     """The docs' PyJWT snippet accepts ``jws`` for ``payload`` and refuses a changed byte."""
     verify = python_verifiers()["python-pyjwt"]
     assert verify(jwks, jws, payload, TENANT) == payload
-    with pytest.raises(Exception, match=r"[Ss]ignature"):
-        verify(jwks, jws, payload + b" ", TENANT)
+    flipped = payload[:-1] + bytes([payload[-1] ^ 1])
+    for changed in (payload + b" ", flipped):
+        with pytest.raises(Exception, match=r"[Ss]ignature"):
+            verify(jwks, jws, changed, TENANT)
+
+
+def schemas_of(lines: list[dict[str, Any]]) -> list[str]:
+    """The published schema of each stored result: a sign job per file, then the items form
+    of a sign_batch, then its compact form (which has a result schema of its own)."""
+    names = []
+    for index, line in enumerate(lines):
+        task = published.COMPACT_BATCH if index == len(lines) - 1 else line["task"]
+        ok = line["status"] == "SUCCESS"
+        names.append(published.success_file(task) if ok else published.FAILURE_FILE)
+    return names
 
 
 def check_published(lines: list[dict[str, Any]]) -> None:
     """Each stored result is one the published schemas (docs/contract/schemas) describe."""
-    for line in lines:
+    for line, schema in zip(lines, schemas_of(lines), strict=True):
         stored = {k: v for k, v in line.items() if k not in ("task", "job_id", "verified")}
         assert stored["task_id"] == line["job_id"]
-        schema = f"{line['task']}.success.json" if stored["status"] == "SUCCESS" else "failure.json"
         assert errors_of(schema, stored) == [], (schema, stored)
 
 
-def check_signed(site: Site, lines: list[dict[str, Any]]) -> list[str]:
-    """Two sign jobs and a sign_batch of the same payloads, every signature verified."""
-    assert [line["task"] for line in lines] == ["tenantkeys.sign"] * 2 + ["tenantkeys.sign_batch"]
+def failure_code(line: dict[str, Any]) -> str:
+    """The stable code of a stored FAILURE (its ``exc_message`` is ``[one line, detail]``)."""
+    assert line["status"] == "FAILURE", line
+    one_line, detail = line["result"]["exc_message"]
+    assert one_line.startswith(f"{detail['code']}: ") and detail["retryable"] is False
+    return str(detail["code"])
+
+
+def check_signed(site: Site, lines: list[dict[str, Any]], payloads: tuple[bytes, ...]) -> None:
+    """A sign job per payload, then a sign_batch of their items and a compact one: each
+    payload within the limit signed three times (the same JWS: Ed25519 is deterministic) and
+    verified; the one over it refused alone with TK-PAYLOAD-TOO-LARGE, in each form."""
+    count = len(payloads)
+    assert [line["task"] for line in lines] == [SIGN] * count + [SIGN_BATCH] * 2
     check_published(lines)
-    assert [line["status"] for line in lines] == ["SUCCESS"] * 3, lines
-    singles = [line["result"]["result"] for line in lines[:2]]
-    items = lines[2]["result"]["result"]["results"]
-    assert [item["ok"] for item in items] == [True, True], items
-    batched = [item["result"] for item in items]
-    for signature, data in zip(singles + batched, PAYLOADS + PAYLOADS, strict=True):
-        assert signature["tenant_id"] == TENANT
-        assert signature["payload_sha256"] == hashlib.sha256(data).hexdigest()
-        assert signature["kid"] in {key["kid"] for key in site.jwks["keys"]}
-        verify_pyjwt(site.jwks, signature["jws"], data)
-    return [signature["jws"] for signature in singles + batched]
+    singles, batch, compact = lines[:count], lines[count], lines[count + 1]
+    assert batch["status"] == compact["status"] == "SUCCESS", (batch, compact)
+    items = batch["result"]["result"]["results"]
+    signed = compact["result"]["result"]
+    assert signed["tenant_id"] == TENANT
+    assert signed["kid"] in {key["kid"] for key in site.jwks["keys"]}
+    assert len(items) == len(signed["jws"]) == count
+    too_big = [index for index, data in enumerate(payloads) if len(data) > PAYLOAD_LIMIT]
+    assert too_big, "the run needs a payload over the limit"
+    assert [(e["index"], e["error"]["code"]) for e in signed["errors"]] == [
+        (index, "TK-PAYLOAD-TOO-LARGE") for index in too_big
+    ]
+    for index, (single, item, data) in enumerate(zip(singles, items, payloads, strict=True)):
+        if index in too_big:
+            assert failure_code(single) == "TK-PAYLOAD-TOO-LARGE"
+            assert (item["ok"], item["error"]["code"]) == (False, "TK-PAYLOAD-TOO-LARGE")
+            assert signed["jws"][index] is None
+            continue
+        assert single["status"] == "SUCCESS" and item["ok"] is True, (single, item)
+        for signature in (single["result"]["result"], item["result"]):
+            assert signature["tenant_id"] == TENANT
+            assert signature["payload_sha256"] == hashlib.sha256(data).hexdigest()
+            assert signature["kid"] == signed["kid"]
+            verify_pyjwt(site.jwks, signature["jws"], data)
+        verify_pyjwt(site.jwks, signed["jws"][index], data)
+        if signed["alg"] == "Ed25519":
+            assert signed["jws"][index] == item["result"]["jws"]
 
 
 def check_refused(lines: list[dict[str, Any]]) -> None:
-    """The unknown tenant: FAILURE with its code for each sign job, an error per batch item."""
+    """The unknown tenant: FAILURE TK-KEY-NOT-FOUND for each sign job and for the compact
+    sign_batch (it names one tenant), an error per item in the items form."""
     check_published(lines)
-    for line in lines[:2]:
-        assert line["status"] == "FAILURE", line
-        failure = line["result"]
-        assert failure["exc_type"] == "KeyNotFound"
-        one_line, detail = failure["exc_message"]
-        assert one_line.startswith("TK-KEY-NOT-FOUND: ")
-        assert detail["code"] == "TK-KEY-NOT-FOUND" and detail["retryable"] is False
-    batch = lines[2]
+    assert [line["task"] for line in lines] == [SIGN] * len(PAYLOADS) + [SIGN_BATCH] * 2
+    *singles, batch, compact = lines
+    for line in [*singles, compact]:
+        assert failure_code(line) == "TK-KEY-NOT-FOUND"
+        assert line["result"]["exc_type"] == "KeyNotFound"
     assert batch["status"] == "SUCCESS", batch
     items = batch["result"]["result"]["results"]
     assert [(item["ok"], item["error"]["code"]) for item in items] == [
         (False, "TK-KEY-NOT-FOUND")
-    ] * 2
+    ] * len(PAYLOADS)
 
 
 def test_python_producer_without_celery(site: Site) -> None:
     script = PYTHON_PRODUCER[site.broker]
-    signed = run_example(script, site.broker_url, site.result_url, TENANT, *site.files())
-    check_signed(site, signed)
+    payloads = (*PAYLOADS, TOO_BIG)
+    files = site.files(payloads)
+    check_signed(
+        site, run_example(script, site.broker_url, site.result_url, TENANT, *files), payloads
+    )
     check_refused(run_example(script, site.broker_url, site.result_url, UNKNOWN, *site.files()))
 
 
@@ -158,7 +209,8 @@ def test_node_producer(site: Site, node: Node) -> None:
     transport = {"redis": "redis", "rabbitmq": "amqp"}[site.broker]
     jwks = site.deployment.tmp / "jwks.json"
     jwks.write_text(json.dumps(site.jwks))
-    for tenant in (TENANT, UNKNOWN):
+    payloads = (*PAYLOADS, TOO_BIG)
+    for tenant, sent in ((TENANT, payloads), (UNKNOWN, PAYLOADS)):
         out = node.run(
             "producer.mjs",
             transport,
@@ -166,15 +218,17 @@ def test_node_producer(site: Site, node: Node) -> None:
             site.result_url,
             tenant,
             str(jwks),
-            *site.files(),
+            *site.files(sent),
         )
         lines = [json.loads(line) for line in out.splitlines()]
         if tenant == TENANT:
-            check_signed(site, lines)  # Node's jose said yes; PyJWT agrees
-            assert [line["verified"] for line in lines] == [[True], [True], [True, True]]
+            check_signed(site, lines, sent)  # Node's jose said yes; PyJWT agrees
+            # sign, sign, sign (too big), the items batch, the compact batch
+            verified = [[True], [True], [], [True, True], [True, True]]
+            assert [line["verified"] for line in lines] == verified
         else:
             check_refused(lines)
-            assert [line["verified"] for line in lines] == [[], [], []]
+            assert [line["verified"] for line in lines] == [[]] * len(lines)
 
 
 def test_task_and_id_are_the_only_headers_a_job_needs(site: Site) -> None:

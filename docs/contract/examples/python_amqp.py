@@ -3,11 +3,13 @@
     python python_amqp.py AMQP_URL RESULT_URL TENANT FILE [FILE ...]
 
 Sends each file as a ``tenantkeys.sign`` job, then all of them as one ``tenantkeys.sign_batch``
-job, and prints one JSON line per job: its task name, ``job_id`` and the stored result
+job (its ``items`` form, JSON) and as one compact ``tenantkeys.sign_batch`` (raw bytes in
+msgpack), and prints one JSON line per job: its task name, ``job_id`` and the stored result
 (``status``, ``result``, ``task_id``...). A job is published to the exchange ``tenantkeys`` with
-the queue's name as routing key; the Celery headers travel as AMQP headers, the JSON body as the
-message body. Results are read from the Redis result backend (``celery-task-meta-<job id>``).
-``pip install pika redis``.
+the queue's name as routing key; the Celery headers travel as AMQP headers, the body (JSON, or
+msgpack for the compact sign_batch) as the message body. Results are read from the Redis result
+backend (``celery-task-meta-<job id>``).
+``pip install pika redis msgpack``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 
 import pika
 import redis
-from celery_message import EXCHANGE, TaskMessage, sign_job, task_message, wait_result
+from celery_message import (
+    EXCHANGE,
+    TaskMessage,
+    compact_batch_job,
+    sign_job,
+    task_message,
+    wait_result,
+)
 
 
 def properties(message: TaskMessage) -> pika.BasicProperties:
@@ -28,8 +37,8 @@ def properties(message: TaskMessage) -> pika.BasicProperties:
     if "enqueued_at" in headers:  # pika encodes no float in a header table; a string works too
         headers["enqueued_at"] = f"{headers['enqueued_at']:.6f}"
     return pika.BasicProperties(
-        content_type="application/json",
-        content_encoding="utf-8",
+        content_type=message.content_type,  # application/json, or application/x-msgpack
+        content_encoding=message.content_encoding,  # utf-8, or binary
         headers=headers,
         correlation_id=message.job_id,
         delivery_mode=message.properties["delivery_mode"],
@@ -57,6 +66,8 @@ def main(amqp_url: str, result_url: str, tenant: str, *files: str) -> None:
     jobs = [task_message("tenantkeys.sign", sign_job(tenant, data)) for data in payloads]
     items = [sign_job(tenant, data) for data in payloads]
     jobs.append(task_message("tenantkeys.sign_batch", {"items": items}))
+    compact = compact_batch_job(tenant, payloads)
+    jobs.append(task_message("tenantkeys.sign_batch", compact, binary=True))
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     try:
         channel = connection.channel()

@@ -3,10 +3,12 @@
     python python_redis.py BROKER_URL RESULT_URL TENANT FILE [FILE ...]
 
 Sends each file as a ``tenantkeys.sign`` job, then all of them as one ``tenantkeys.sign_batch``
-job, and prints one JSON line per job: its task name, ``job_id`` and the stored result
+job (its ``items`` form, JSON) and as one compact ``tenantkeys.sign_batch`` (raw bytes in
+msgpack), and prints one JSON line per job: its task name, ``job_id`` and the stored result
 (``status``, ``result``, ``task_id``...). A job is kombu's Redis envelope around the Celery
 message, pushed with LPUSH onto the list named after the queue; its result is the JSON string at
-``celery-task-meta-<job id>`` in the result backend's Redis database. ``pip install redis``.
+``celery-task-meta-<job id>`` in the result backend's Redis database.
+``pip install redis msgpack``.
 """
 
 from __future__ import annotations
@@ -19,20 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery_message import TaskMessage, sign_job, task_message, wait_result
+from celery_message import (
+    TaskMessage,
+    compact_batch_job,
+    sign_job,
+    task_message,
+    wait_result,
+)
 
 
 def redis_envelope(message: TaskMessage) -> str:
     """The message as kombu's Redis transport stores it: one JSON document per list item.
 
-    The body travels base64 inside it. ``delivery_tag`` must be unique: the worker records
-    an unacked message under it. ``properties`` comes last, as kombu writes it.
+    The body travels base64 inside it, JSON or msgpack alike (``content-type`` says which:
+    ``application/json`` with ``utf-8``, ``application/x-msgpack`` with ``binary``).
+    ``delivery_tag`` must be unique: the worker records an unacked message under it.
+    ``properties`` comes last, as kombu writes it.
     """
     return json.dumps(
         {
             "body": base64.b64encode(message.body).decode("ascii"),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
+            "content-encoding": message.content_encoding,
+            "content-type": message.content_type,
             "headers": message.headers,
             "properties": {
                 **message.properties,
@@ -55,6 +65,8 @@ def main(broker_url: str, result_url: str, tenant: str, *files: str) -> None:
     jobs = [task_message("tenantkeys.sign", sign_job(tenant, data)) for data in payloads]
     items = [sign_job(tenant, data) for data in payloads]
     jobs.append(task_message("tenantkeys.sign_batch", {"items": items}))
+    compact = compact_batch_job(tenant, payloads)
+    jobs.append(task_message("tenantkeys.sign_batch", compact, binary=True))
     broker, results = redis.Redis.from_url(broker_url), redis.Redis.from_url(result_url)
     for job in jobs:
         publish(broker, job)

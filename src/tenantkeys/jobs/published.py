@@ -5,7 +5,9 @@ module adds the wire around them, as a producer in any language meets it: Celery
 protocol v2 (headers, the ``[args, kwargs, embed]`` body), kombu's Redis envelope, and the
 records Celery's Redis result backend stores under ``celery-task-meta-<job id>`` (SUCCESS with
 the ``{"ok": true, "result": ...}`` document, FAILURE with the job's exception, whose
-arguments are ``[one line, error detail]``: see :mod:`tenantkeys.jobs.messages`).
+arguments are ``[one line, error detail]``: see :mod:`tenantkeys.jobs.messages`). The compact
+``sign_batch`` (one tenant, raw payloads in msgpack) has files of its own under the name
+:data:`COMPACT_BATCH`, so a producer of that form reads one body and one result.
 ``docs/contract/asyncapi.yaml`` refers to these files; ``tests/docs/test_contract.py`` checks
 that document against this module and real messages against the files.
 
@@ -36,9 +38,17 @@ SCHEMA_DIR = Path("docs/contract/schemas")
 #: JSON Schema draft 7: what AsyncAPI 3.0's default schema format extends. The pydantic shapes
 #: use nothing newer (their ``$defs`` are reached by JSON pointer, which any draft resolves).
 DIALECT = "http://json-schema.org/draft-07/schema#"
-#: Content type and encoding of every task message (JSON; UTF-8).
+#: Content type and encoding of a JSON task message (every job but a compact sign_batch).
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
+#: Content type and encoding of a compact sign_batch sent as msgpack (kombu's ``msgpack``).
+BINARY_CONTENT_TYPE = "application/x-msgpack"
+BINARY_CONTENT_ENCODING = "binary"
+#: Content type of a message signed by Celery's ``auth`` serializer (message signing on),
+#: whatever the body inside it; its encoding is ``utf-8`` (the envelope is base64 text).
+SIGNED_CONTENT_TYPE = "application/data"
+#: The files of the compact form of ``tenantkeys.sign_batch`` are named as a task's.
+COMPACT_BATCH = f"{contract.SIGN_BATCH}.compact"
 
 
 def arguments_file(task: str) -> str:
@@ -166,10 +176,16 @@ def embed() -> dict[str, Any]:
 
 
 def body(task: str) -> dict[str, Any]:
-    """The JSON body of a ``task`` message: ``[[], kwargs, embed]``."""
+    """The body of a ``task`` message: ``[[], kwargs, embed]``."""
+    encoding = (
+        "as msgpack (application/x-msgpack, each payload a bin) or as UTF-8 JSON (each "
+        "payload base64)"
+        if task == COMPACT_BATCH
+        else "as UTF-8 JSON"
+    )
     return {
         "title": f"Body of a {task} message",
-        "description": "Celery protocol v2: [args, kwargs, embed], as UTF-8 JSON. Jobs take "
+        "description": f"Celery protocol v2: [args, kwargs, embed], {encoding}. Jobs take "
         "keyword arguments only: args is empty (anything else fails with "
         "TK-INVALID-ARGUMENT); kwargs are the job's arguments.",
         "type": "array",
@@ -193,15 +209,33 @@ def redis_envelope() -> dict[str, Any]:
         "other end, so jobs run in the order they were pushed.",
         "type": "object",
         "required": ["body", "content-encoding", "content-type", "headers", "properties"],
+        # Each content type with its own encoding: JSON, msgpack (a compact sign_batch), or
+        # Celery's signed envelope around either (message signing on).
+        "anyOf": [
+            {
+                "properties": {
+                    "content-type": {"const": kind},
+                    "content-encoding": {"const": encoding},
+                }
+            }
+            for kind, encoding in (
+                (CONTENT_TYPE, CONTENT_ENCODING),
+                (BINARY_CONTENT_TYPE, BINARY_CONTENT_ENCODING),
+                (SIGNED_CONTENT_TYPE, CONTENT_ENCODING),
+            )
+        ],
         "properties": {
             "body": {
                 "type": "string",
                 "contentEncoding": "base64",
-                "description": "The body (a `*.body.json` array) as UTF-8 JSON, base64 "
-                "(standard alphabet, padded).",
+                "description": "The body (a `*.body.json` array) base64 (standard alphabet, "
+                "padded): its UTF-8 JSON, or its msgpack bytes for a compact sign_batch "
+                "(content-type application/x-msgpack, content-encoding binary).",
             },
-            "content-encoding": {"const": CONTENT_ENCODING},
-            "content-type": {"const": CONTENT_TYPE},
+            "content-encoding": {"enum": [CONTENT_ENCODING, BINARY_CONTENT_ENCODING]},
+            "content-type": {
+                "enum": [CONTENT_TYPE, BINARY_CONTENT_TYPE, SIGNED_CONTENT_TYPE],
+            },
             "headers": {"$ref": HEADERS_FILE},
             "properties": {
                 "type": "object",
@@ -287,7 +321,9 @@ def _record(state: str, result: dict[str, Any], description: str) -> dict[str, A
 
 
 def success(task: str) -> dict[str, Any]:
-    """What ``celery-task-meta-<id>`` holds once a ``task`` job succeeded."""
+    """What ``celery-task-meta-<id>`` holds once a ``task`` job (or a compact sign_batch,
+    :data:`COMPACT_BATCH`) succeeded."""
+    job = f"compact {contract.SIGN_BATCH}" if task == COMPACT_BATCH else task
     envelope = {
         "type": "object",
         "required": ["ok", "result"],
@@ -297,7 +333,7 @@ def success(task: str) -> dict[str, Any]:
     return _record(
         "SUCCESS",
         envelope,
-        f"The result of a {task} job that succeeded, stored as JSON under "
+        f"The result of a {job} job that succeeded, stored as JSON under "
         "celery-task-meta-<job id>. A success is final: a job sent again under the same "
         "id never replaces it.",
     )
@@ -337,6 +373,35 @@ def failure() -> dict[str, Any]:
     )
 
 
+def compact_batch() -> dict[str, dict[str, Any]]:
+    """The arguments and result of the compact ``sign_batch``, each a document of its own.
+
+    Its payloads are msgpack bin (raw bytes) or, in its JSON twin, base64 strings; the job's
+    own form decides its result's form (:func:`tenantkeys.jobs.contract.is_compact_batch`).
+    """
+    shapes = contract.json_schemas()[contract.SIGN_BATCH]  # fresh dicts on every call
+    arguments = shapes["arguments"]["$defs"]["SignBatchCompactArgs"]
+    arguments["properties"]["payloads"]["items"] = {
+        "anyOf": [
+            {
+                "type": "string",
+                "format": "binary",
+                "description": "In msgpack (application/x-msgpack): the payload's raw "
+                "bytes, as a bin.",
+            },
+            {
+                "type": "string",
+                "contentEncoding": "base64",
+                "description": "In JSON: the payload in base64 (standard alphabet, padded), "
+                "as in a sign job. Invalid base64 fails this payload alone "
+                "(TK-INVALID-ENCODING).",
+            },
+        ]
+    }
+    result: dict[str, Any] = TypeAdapter(contract.SignBatchCompactResult).json_schema()
+    return {"arguments": arguments, "result": result}
+
+
 def _document(schema: dict[str, Any]) -> dict[str, Any]:
     return {"$schema": DIALECT, **schema}
 
@@ -349,6 +414,11 @@ def schemas() -> dict[str, dict[str, Any]]:
         files[result_file(task)] = shapes["result"]
         files[body_file(task)] = body(task)
         files[success_file(task)] = success(task)
+    compact = compact_batch()
+    files[arguments_file(COMPACT_BATCH)] = compact["arguments"]
+    files[result_file(COMPACT_BATCH)] = compact["result"]
+    files[body_file(COMPACT_BATCH)] = body(COMPACT_BATCH)
+    files[success_file(COMPACT_BATCH)] = success(COMPACT_BATCH)
     files[HEADERS_FILE] = headers()
     files[EMBED_FILE] = embed()
     files[REDIS_ENVELOPE_FILE] = redis_envelope()

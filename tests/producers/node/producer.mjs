@@ -1,16 +1,18 @@
 // A tenantkeys producer in JavaScript, written from the wire contract alone (docs/contract/):
-// Celery protocol v2 messages (JSON) over Redis or RabbitMQ, results read from Redis, each
-// signature verified with jose against the tenant's JWKS.
+// Celery protocol v2 messages (JSON, and msgpack for the compact sign_batch) over Redis or
+// RabbitMQ, results read from Redis, each signature verified with jose against the tenant's JWKS.
 //
 //   node producer.mjs redis|amqp BROKER_URL RESULT_URL TENANT JWKS_FILE FILE [FILE ...]
 //
-// Sends each file as a tenantkeys.sign job, then all of them as one tenantkeys.sign_batch
-// job, and prints one JSON line per job: {task, job_id, verified, ...the stored result}, where
+// Sends each file as a tenantkeys.sign job, then all of them as one tenantkeys.sign_batch job
+// (its items form, JSON) and as one compact tenantkeys.sign_batch (raw bytes in msgpack), and
+// prints one JSON line per job: {task, job_id, verified, ...the stored result}, where
 // verified lists, for each signature of the job, whether jose accepted it for those bytes
 // (and refused it for the same bytes with one more).
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { encode } from '@msgpack/msgpack';
 import amqp from 'amqplib';
 import * as jose from 'jose';
 import { createClient } from 'redis';
@@ -18,22 +20,36 @@ import { createClient } from 'redis';
 const SIGN_QUEUE = 'tenantkeys.sign';
 const EXCHANGE = 'tenantkeys';
 const FINAL_STATES = new Set(['SUCCESS', 'FAILURE', 'REVOKED']);
+// Content type and encoding of a JSON body, and of a msgpack one (the compact sign_batch).
+const JSON_BODY = { contentType: 'application/json', contentEncoding: 'utf-8' };
+const MSGPACK_BODY = { contentType: 'application/x-msgpack', contentEncoding: 'binary' };
 
 // The keyword arguments of tenantkeys.sign: the payload as padded standard base64.
 function signJob(tenantId, data) {
   return { tenant_id: tenantId, payload: data.toString('base64') };
 }
 
+// The keyword arguments of a compact tenantkeys.sign_batch: one tenant, the payloads as raw
+// bytes (Buffers, which msgpack encodes as bin). Its result: jws[i] for payloads[i].
+function compactBatchJob(tenantId, payloads) {
+  return { tenant_id: tenantId, payloads };
+}
+
 // What monitoring tools show instead of the arguments: hashes and sizes, never payloads.
 function shown(kwargs) {
   if (kwargs.items) return JSON.stringify({ item_count: kwargs.items.length });
+  if (kwargs.payloads) {
+    const bytes = kwargs.payloads.reduce((total, data) => total + data.length, 0);
+    return JSON.stringify({ payload_bytes: bytes, payload_count: kwargs.payloads.length, tenant_id: kwargs.tenant_id });
+  }
   const data = Buffer.from(kwargs.payload, 'base64');
   const digest = createHash('sha256').update(data).digest('hex');
   return JSON.stringify({ payload_sha256: digest, payload_size: data.length, tenant_id: kwargs.tenant_id });
 }
 
-// One job as Celery's protocol v2: headers, properties and the JSON body [args, kwargs, embed].
-function taskMessage(task, kwargs, jobId = randomUUID()) {
+// One job as Celery's protocol v2: headers, properties and the body [args, kwargs, embed], as
+// JSON or (binary) as msgpack.
+function taskMessage(task, kwargs, { binary = false, jobId = randomUUID() } = {}) {
   const headers = {
     lang: 'js',
     task,
@@ -57,17 +73,20 @@ function taskMessage(task, kwargs, jobId = randomUUID()) {
     enqueued_at: Date.now() / 1000, // optional: the worker measures latency from it
   };
   const embed = { callbacks: null, errbacks: null, chain: null, chord: null };
-  const body = Buffer.from(JSON.stringify([[], kwargs, embed]), 'utf8');
-  return { jobId, task, queue: SIGN_QUEUE, headers, body };
+  const body = binary
+    ? Buffer.from(encode([[], kwargs, embed]))
+    : Buffer.from(JSON.stringify([[], kwargs, embed]), 'utf8');
+  return { jobId, task, queue: SIGN_QUEUE, headers, body, ...(binary ? MSGPACK_BODY : JSON_BODY) };
 }
 
-// kombu's Redis envelope: one JSON document per list item, the body base64 inside it, a
-// unique delivery_tag (the worker records an unacked message under it), properties last.
+// kombu's Redis envelope: one JSON document per list item, the body base64 inside it (JSON or
+// msgpack alike), a unique delivery_tag (the worker records an unacked message under it),
+// properties last.
 function redisEnvelope(message) {
   return JSON.stringify({
     body: message.body.toString('base64'),
-    'content-encoding': 'utf-8',
-    'content-type': 'application/json',
+    'content-encoding': message.contentEncoding,
+    'content-type': message.contentType,
     headers: message.headers,
     properties: {
       correlation_id: message.jobId,
@@ -99,8 +118,8 @@ async function publishAmqp(url, messages) {
     channel.on('return', (message) => returned.push(message.properties.correlationId));
     for (const message of messages) {
       channel.publish(EXCHANGE, message.queue, message.body, {
-        contentType: 'application/json',
-        contentEncoding: 'utf-8',
+        contentType: message.contentType,
+        contentEncoding: message.contentEncoding,
         headers: message.headers,
         correlationId: message.jobId,
         deliveryMode: 2,
@@ -116,10 +135,14 @@ async function publishAmqp(url, messages) {
   }
 }
 
-// jose accepts the signature for `data` and refuses it for `data` with one byte more.
+// jose accepts the signature for `data`, and refuses it for `data` with one byte more and
+// with its last byte changed.
 async function verified(jwks, compact, data, tenant) {
-  const changed = Buffer.concat([data, Buffer.from(' ')]);
-  return (await verifies(jwks, compact, data, tenant)) && !(await verifies(jwks, compact, changed, tenant));
+  const longer = Buffer.concat([data, Buffer.from(' ')]);
+  const flipped = Buffer.from(data);
+  flipped[flipped.length - 1] ^= 1;
+  if (!(await verifies(jwks, compact, data, tenant))) return false;
+  return !(await verifies(jwks, compact, longer, tenant)) && !(await verifies(jwks, compact, flipped, tenant));
 }
 
 // Poll celery-task-meta-<job id> until the job's state is final; the stored document.
@@ -160,6 +183,7 @@ async function main() {
   const payloads = files.map((name) => readFileSync(name));
   const jobs = payloads.map((data) => taskMessage('tenantkeys.sign', signJob(tenant, data)));
   jobs.push(taskMessage('tenantkeys.sign_batch', { items: payloads.map((data) => signJob(tenant, data)) }));
+  jobs.push(taskMessage('tenantkeys.sign_batch', compactBatchJob(tenant, payloads), { binary: true }));
   await (transport === 'redis' ? publishRedis : publishAmqp)(brokerUrl, jobs);
   const results = await createClient({ url: resultUrl }).connect();
   try {
@@ -168,6 +192,11 @@ async function main() {
       const signatures = [];
       if (found.status === 'SUCCESS' && job.task === 'tenantkeys.sign') {
         signatures.push([found.result.result.jws, payloads[index]]);
+      } else if (found.status === 'SUCCESS' && found.result.result.jws) {
+        // The compact form: jws[i] signs payloads[i]; null where errors holds index i.
+        found.result.result.jws.forEach((jws, i) => {
+          if (jws !== null) signatures.push([jws, payloads[i]]);
+        });
       } else if (found.status === 'SUCCESS') {
         found.result.result.results.forEach((item, i) => {
           if (item.ok) signatures.push([item.result.jws, payloads[i]]);
