@@ -291,6 +291,58 @@ def test_a_batch_is_one_job_with_one_result_per_item(client: TestClient) -> None
     assert not results[1]["ok"] and results[1]["error"]["code"] == "TK-INVALID-ARGUMENT"
 
 
+def test_a_compact_batch_is_queued_as_its_json_twin_and_read_back(client: TestClient) -> None:
+    body = {"tenant_id": "acme", "payloads": [ENCODED, ENCODED]}
+    response = client.post("/v1/jobs/sign-batch", json=body, headers=BILLING)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert queued(client) == 1
+    # What a worker makes of that very message, stored as the job's result.
+    runner = services(client).runtime().service
+    signed = runner.sign_many("acme", [PAYLOAD, PAYLOAD])
+    compact = {
+        "tenant_id": "acme",
+        "kid": signed.kid,
+        "alg": signed.alg,
+        "signed_at": signed.signed_at,
+        "jws": [signed.jws[0], None],
+        "errors": [{"index": 1, "error": InvalidRequest("no", code=None).to_dict()}],
+    }
+    services(client).sender().producer.app.backend.store_result(job_id, jobs.ok(compact), "SUCCESS")
+    result = client.get(f"/v1/jobs/{job_id}", headers=BILLING).json()["result"]
+    assert result["jws"] == [signed.jws[0], None]
+    assert result["errors"][0]["index"] == 1
+    assert signed.jws[0] == runner.sign("acme", PAYLOAD).jws
+
+
+def test_compact_batches_are_checked_as_items_are(
+    client: TestClient, make_client: Callable[..., TestClient]
+) -> None:
+    for body, status, code in (
+        ({"tenant_id": "acme", "payloads": []}, 422, "TK-INVALID-ARGUMENT"),
+        ({"tenant_id": "acme", "payloads": [ENCODED, "!"]}, 400, "TK-INVALID-ENCODING"),
+        ({"tenant_id": "acme", "payloads": [ENCODED], "items": []}, 422, "TK-INVALID-ARGUMENT"),
+        ({"payloads": [ENCODED]}, 422, "TK-INVALID-ARGUMENT"),
+    ):
+        error = assert_error(
+            client.post("/v1/jobs/sign-batch", json=body, headers=BILLING), status, code
+        )
+        if code == "TK-INVALID-ENCODING":
+            assert error["message"].startswith("payloads[1]")
+    big = make_client(front_door_max_body_bytes=1_048_576)
+    over = {"tenant_id": "acme", "payloads": ["eA=="] * (jobs.MAX_BATCH_ITEMS + 1)}
+    error = assert_error(
+        big.post("/v1/jobs/sign-batch", json=over, headers=BILLING), 422, "TK-INVALID-ARGUMENT"
+    )
+    assert f"not {jobs.MAX_BATCH_ITEMS + 1}" in error["message"]
+    # A tenant outside the producer's scope: refused like an items batch, never queued.
+    outside = {"tenant_id": "initech", "payloads": [ENCODED]}
+    assert_error(
+        client.post("/v1/jobs/sign-batch", json=outside, headers=BILLING), 403, "TK-SCOPE-DENIED"
+    )
+    assert queued(client) == 0 and queued(big) == 0
+
+
 # -- idempotency -----------------------------------------------------------------------------
 
 
@@ -547,7 +599,8 @@ def test_the_routes_are_documented(client: TestClient) -> None:
         assert status in sign["responses"], status
     assert "Location" in sign["responses"]["202"]["headers"]
     batch = spec["paths"]["/v1/jobs/sign-batch"]["post"]["requestBody"]["content"]
-    assert batch["application/json"]["schema"]["properties"]["items"]["maxItems"] == (
-        jobs.MAX_BATCH_ITEMS
-    )
+    items_form, compact_form = batch["application/json"]["schema"]["oneOf"]
+    assert items_form["properties"]["items"]["maxItems"] == jobs.MAX_BATCH_ITEMS
+    assert compact_form["required"] == ["tenant_id", "payloads"]
+    assert compact_form["properties"]["payloads"]["maxItems"] == jobs.MAX_BATCH_ITEMS
     assert "404" in spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]

@@ -89,7 +89,9 @@ def parse_request(task: str, body: bytes, *, max_payload_bytes: int) -> JobReque
             "job_id must be 1-128 characters of A-Z a-z 0-9 . _ : -, starting with a letter "
             "or digit"
         )
-    items = document.get("items") if task == jobs.SIGN_BATCH else None
+    compact = task == jobs.SIGN_BATCH and jobs.is_compact_batch(document)
+    field = jobs.COMPACT_BATCH_FIELD if compact else "items"
+    items = document.get(field) if task == jobs.SIGN_BATCH else None
     if isinstance(items, list) and not 1 <= len(items) <= jobs.MAX_BATCH_ITEMS:
         # Checked before the items are: a huge batch costs nothing to refuse. The code and
         # the words are the runner's, which refuses the same batch on the queue.
@@ -101,9 +103,13 @@ def parse_request(task: str, body: bytes, *, max_payload_bytes: int) -> JobReque
         kwargs = jobs.parse_arguments(task, document)
     except InvalidRequest as exc:
         raise RequestShapeError(exc.message, code=exc.code) from None
-    singles = kwargs["items"] if task == jobs.SIGN_BATCH else [kwargs]
+    if compact:
+        # The compact form's JSON twin: base64 payloads, one tenant, one array of JWS back.
+        singles = [{"tenant_id": kwargs["tenant_id"], "payload": p} for p in kwargs[field]]
+    else:
+        singles = kwargs["items"] if task == jobs.SIGN_BATCH else [kwargs]
     for index, item in enumerate(singles):
-        where = f"items[{index}]: " if task == jobs.SIGN_BATCH else ""
+        where = f"{field}[{index}]: " if task == jobs.SIGN_BATCH else ""
         _check_item(item, where, max_payload_bytes)
     return JobRequest(
         job_id=job_id,
@@ -138,6 +144,11 @@ def _canonical(task: str, kwargs: Any) -> dict[str, Any]:
             shown["canonical_json"] = True
         return shown
 
+    if task == jobs.SIGN_BATCH and jobs.is_compact_batch(kwargs):
+        compact = {"tenant_id": kwargs["tenant_id"], "payloads": list(kwargs["payloads"])}
+        if kwargs.get("canonical_json"):
+            compact["canonical_json"] = True
+        return compact
     if task == jobs.SIGN_BATCH:
         return {"items": [one(item) for item in kwargs["items"]]}
     return one(kwargs)

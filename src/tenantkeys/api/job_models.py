@@ -13,7 +13,13 @@ from typing import Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from tenantkeys.api.models import TENANT_ID_SCHEMA
-from tenantkeys.jobs.contract import MAX_BATCH_ITEMS, ErrorDetail, SignArgs, SignBatchResult
+from tenantkeys.jobs.contract import (
+    MAX_BATCH_ITEMS,
+    ErrorDetail,
+    SignArgs,
+    SignBatchCompactResult,
+    SignBatchResult,
+)
 from tenantkeys.signing import Signature
 
 #: Job ids the front door takes: they go into a URL path segment and a Redis key name. A UUID
@@ -56,9 +62,13 @@ def sign_request_schema() -> dict[str, Any]:
 
 
 def sign_batch_request_schema() -> dict[str, Any]:
-    """``POST /v1/jobs/sign-batch``: a ``sign_batch`` job's arguments, plus ``job_id``."""
-    return {
+    """``POST /v1/jobs/sign-batch``: a ``sign_batch`` job's arguments in either form, plus
+    ``job_id``: ``items`` (each signed on its own, one result object each), or the compact
+    form (one tenant, ``payloads``, one array of JWS back)."""
+    item = _sign_item_schema()
+    items_form = {
         "type": "object",
+        "title": "items",
         "description": f"1 to {MAX_BATCH_ITEMS} items, each signed on its own.",
         "additionalProperties": False,
         "required": ["items"],
@@ -68,10 +78,30 @@ def sign_batch_request_schema() -> dict[str, Any]:
                 "type": "array",
                 "minItems": 1,
                 "maxItems": MAX_BATCH_ITEMS,
-                "items": _sign_item_schema(),
+                "items": item,
             },
         },
     }
+    compact_form = {
+        "type": "object",
+        "title": "compact",
+        "description": f"1 to {MAX_BATCH_ITEMS} payloads of one tenant; the result is one "
+        "array of detached JWS (null where that payload failed, its error in errors).",
+        "additionalProperties": False,
+        "required": ["tenant_id", "payloads"],
+        "properties": {
+            "job_id": _job_id_schema(),
+            "tenant_id": item["properties"]["tenant_id"],
+            "payloads": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_BATCH_ITEMS,
+                "items": item["properties"]["payload"],
+            },
+            "canonical_json": item["properties"]["canonical_json"],
+        },
+    }
+    return {"oneOf": [items_form, compact_form]}
 
 
 def request_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -94,10 +124,11 @@ class JobAccepted(BaseModel):
 class JobView(JobAccepted):
     """A job's state; ``result`` once it succeeded, ``error`` (its TK code) once it failed."""
 
-    result: Signature | SignBatchResult | None = Field(
+    result: Signature | SignBatchResult | SignBatchCompactResult | None = Field(
         default=None,
         description="sign: the signature; sign-batch: one result per item, in order, each "
-        "ok with its signature or with its own error.",
+        "ok with its signature or with its own error; a compact sign-batch: one JWS per "
+        "payload (null where it failed) and the errors by index.",
     )
     error: ErrorDetail | None = Field(
         default=None, description="Why the job failed: a stable TK code and its doc section."
