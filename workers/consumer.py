@@ -60,6 +60,8 @@ _REDACTED_ARGS = frozenset({"()", "(...)"})
 _MAX_KWARGSREPR = 8192
 #: Strings of a redacted ``kwargsrepr`` are this short (``jobs.redact`` keeps no longer one).
 _MAX_SHOWN_STRING = 128
+#: How deep a task message body may nest lists and maps (a sign_batch needs 4).
+_MAX_NESTING = 32
 
 
 def writer() -> DeadLetterWriter:
@@ -130,8 +132,31 @@ def shape_problem(message: Any) -> str | None:
         and isinstance(body[1], dict)
         and isinstance(body[2], dict)
     ):
+        # msgpack maps may have bin keys: Celery's call ``task(**kwargs)`` (and the redacted
+        # reprs) would fail on them outside any task, uncoded.
+        if not all(isinstance(name, str) for name in (*body[1], *body[2])):
+            return "task message kwargs and embed must have string keys"
+        if _deeper_than(body, _MAX_NESTING):
+            # The pool's pipe (pickle) and JSON recurse: a body nested ~1,000 deep would stop
+            # the worker process that hands it on, not fail the job.
+            return f"task message body is nested deeper than {_MAX_NESTING} levels"
         return None
     return "task message body is not [args, kwargs, embed]"
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and maps more than ``limit`` deep (iterative: a hostile
+    body must not exhaust the stack of the check meant to refuse it)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def redact_reprs(message: Any) -> None:
@@ -150,7 +175,11 @@ def redact_reprs(message: Any) -> None:
         args, kwargs, _embed = message.decode()  # memoized: decoded once already
     except Exception:  # undecodable: Celery's decode-error path records it
         return
-    headers["argsrepr"], headers["kwargsrepr"] = jobs.argsrepr(args, kwargs)
+    try:
+        headers["argsrepr"], headers["kwargsrepr"] = jobs.argsrepr(args, kwargs)
+    except (TypeError, ValueError, RecursionError):
+        # Arguments no redaction can show (msgpack oddities): shown as nothing, never raw.
+        headers["argsrepr"], headers["kwargsrepr"] = "(...)", "{}"
 
 
 def _redacted_reprs(args: object, kwargs: object) -> bool:

@@ -24,7 +24,7 @@ from celery.worker import state as worker_state
 from celery_batches import SimpleRequest
 
 from tenantkeys import jobs
-from tenantkeys.errors import ErrorCode, TenantKeysError, TransientKmsError
+from tenantkeys.errors import ErrorCode, InvalidRequest, TenantKeysError, TransientKmsError
 from tenantkeys.jobs.deadletters import Attempt
 from tenantkeys.jobs.runner import JobRunner, Outcome
 from tenantkeys.keys.rotation import RotationSweep
@@ -284,8 +284,17 @@ def revoke_key(self: Task, *args: Any, **kwargs: Any) -> Any:
 
 
 @app.task(name=jobs.ROTATION_SWEEP, base=RedactedTask, bind=True)  # type: ignore[untyped-decorator]
-def rotation_sweep(self: Task) -> Any:
-    """Enqueue one conditional rotate_key per due key; also recover stale dead-letter replays."""
+def rotation_sweep(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """Enqueue one conditional rotate_key per due key; also recover stale dead-letter replays.
+
+    It takes no arguments: a message that brings some fails with TK-INVALID-ARGUMENT (not
+    Python's TypeError), as every other job's bad arguments do."""
+    try:
+        if args:
+            raise InvalidRequest("job arguments must be keyword arguments (a JSON object)")
+        jobs.parse_arguments(jobs.ROTATION_SWEEP, kwargs)
+    except InvalidRequest as refused:
+        raise jobs.job_failure(jobs.failed(refused)["error"]) from None
     process = current()
     sweep = RotationSweep(
         process.runtime.service.store,

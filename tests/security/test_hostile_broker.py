@@ -22,10 +22,18 @@ from kombu import Connection, Exchange, Producer
 from tenantkeys import jobs
 from tenantkeys.queue.config import celery_config
 from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
-from tests.e2e.faults.deployment import fault_deployment
+from tests.e2e.faults.deployment import fault_deployment, on_broker
 from tests.e2e.faults.sending import results
 from tests.e2e.harness import Deployment, wait_for
-from tests.security.hostile import count_case, json_values
+from tests.helpers import self_signed_identity
+from tests.security.hostile import (
+    MSGPACK,
+    SECRET_PAYLOAD,
+    count_case,
+    hostile_msgpack_bodies,
+    json_values,
+    packed,
+)
 from tests.security.test_hostile_input import hostile_kwargs
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +86,7 @@ def _publish(deployment: Deployment, messages: list[dict[str, Any]]) -> None:
                 routing_key=message.get("queue", jobs.SIGN_QUEUE),
                 headers=message["headers"],
                 content_type=message["content_type"],
-                content_encoding="utf-8",
+                content_encoding=message.get("content_encoding", "utf-8"),
                 serializer=None,
                 declare=[],
             )
@@ -295,3 +303,141 @@ def test_each_named_bad_input_ends_with_its_code(deployment: Deployment) -> None
     assert worker.poll() is None, "the worker died"
     log = deployment.log("w1")
     assert "Traceback" not in log, log[-3000:]
+
+
+def _msgpack(task: str, body: bytes) -> dict[str, Any]:
+    return {**_named(task, body), "content_type": MSGPACK, "content_encoding": "binary"}
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def either_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    yield from on_broker(request.param, tmp_path)
+
+
+def test_hostile_msgpack_bodies_end_with_their_code(either_broker: Deployment) -> None:
+    """Workers accept msgpack (the compact sign_batch): ext types, non-string map keys, deep
+    nesting, huge ints, bin where strings belong, truncated bodies and a msgpack body for every
+    task name each end with a coded FAILURE or a dead letter; the worker keeps running, no job
+    is lost, and no payload byte reaches the log."""
+    deployment = either_broker
+    worker = deployment.worker("w1", concurrency=2)
+    with deployment.client() as client:
+        client.create_keys("acme", timeout=60)
+    cases = hostile_msgpack_bodies()
+    messages = [_msgpack(task, body) for _case, task, body, _code in cases]
+    control = _msgpack(
+        jobs.SIGN_BATCH, packed([[], {"tenant_id": "acme", "payloads": [SECRET_PAYLOAD]}, {}])
+    )
+    for _case in cases:
+        count_case("hostile msgpack body (real worker)")
+    _publish(deployment, [*messages, control])
+    ids = [m["headers"]["id"] for m in messages]
+    store = deployment.deadletters()
+
+    def outcomes() -> dict[str, str]:
+        found = {
+            job_id: str(envelope["error"].get("code", envelope["error"]))
+            for job_id, envelope in results(deployment, ids).items()
+            if not envelope["ok"]
+        }
+        for entry in store.entries():
+            found.setdefault(entry.job_id, entry.code)
+        return found
+
+    try:
+        wait_for(lambda: len(outcomes()) == len(ids), 60, "every msgpack case's outcome", 0.5)
+    except AssertionError:
+        got = outcomes()
+        missing = [
+            case
+            for (case, *_), m in zip(cases, messages, strict=True)
+            if m["headers"]["id"] not in got
+        ]
+        raise AssertionError(f"no outcome for {missing}\n" + deployment.log("w1")[-4000:]) from None
+    got = outcomes()
+    wrong = [
+        (case, got[message["headers"]["id"]], code)
+        for (case, _task, _body, code), message in zip(cases, messages, strict=True)
+        if not got[message["headers"]["id"]].startswith(code)
+    ]
+    assert not wrong, wrong
+    # The valid compact job among them is signed: the worker took msgpack all along.
+    signed = wait_for(lambda: results(deployment, [control["headers"]["id"]]), 30, "the control")
+    envelope = signed[control["headers"]["id"]]
+    assert envelope["ok"] and envelope["result"]["errors"] == [], envelope
+    assert envelope["result"]["jws"][0].count(".") == 2
+    assert worker.poll() is None, "the worker died"
+    with deployment.client() as client:  # and it still signs
+        client.sign("acme", b"still signing", timeout=30)
+    log = deployment.log("w1")
+    assert "Traceback" not in log, log[-3000:]
+    for shown in (
+        SECRET_PAYLOAD.decode("latin-1"),
+        "hostile-secret-payload",
+        SECRET_PAYLOAD.hex(),
+        jobs.encode_payload(SECRET_PAYLOAD)[:40],
+    ):
+        assert shown not in log, "a payload reached the worker log"
+
+
+# -- message signing on: what a trusted signer may put inside the signed envelope ----------------
+
+
+class _Marker:
+    """Unpickled, creates its file: proof that a worker ran a producer's pickle."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture
+def signing_deployment(tmp_path: Path) -> Iterator[tuple[Deployment, Path]]:
+    if not port_open(REDIS_HOST, REDIS_PORT):
+        service_missing("Redis")
+    made = fault_deployment(tmp_path)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    key, cert = self_signed_identity(trusted, "worker")
+    made.values.update(
+        message_signing=True,
+        message_signing_key_file=str(key),
+        message_signing_cert_file=str(cert),
+        message_signing_cert_store=str(trusted),
+    )
+    yield made, trusted
+    made.stop()
+
+
+def test_a_signed_envelope_around_pickle_is_never_unpickled(
+    signing_deployment: tuple[Deployment, Path],
+) -> None:
+    from celery.security.certificate import Certificate
+    from celery.security.key import PrivateKey
+    from celery.security.serialization import SecureSerializer
+
+    deployment, trusted = signing_deployment
+    key, cert = self_signed_identity(trusted, "producer")
+    marker = deployment.tmp / "unpickled"
+    worker = deployment.worker("w1", concurrency=1)
+    envelope = SecureSerializer(
+        PrivateKey(key.read_text()), Certificate(cert.read_text()), None, "sha256", "pickle"
+    )
+    message = _named(jobs.SIGN_BATCH, envelope.serialize([[], {"x": _Marker(marker)}, {}]))
+    message["content_type"] = "application/data"
+    _publish(deployment, [message])
+    job_id = message["headers"]["id"]
+    store = deployment.deadletters()
+    wait_for(
+        lambda: (
+            job_id in results(deployment, [job_id])
+            or any(e.job_id == job_id for e in store.entries())
+        ),
+        60,
+        "the pickle job's outcome",
+        0.2,
+    )
+    assert worker.poll() is None
+    assert not marker.exists(), "the worker unpickled a producer's message body"

@@ -31,6 +31,7 @@ from tests.security.hostile import (
     count_case,
     is_coded,
     json_values,
+    msgpack_values,
     runner_for,
 )
 
@@ -94,6 +95,68 @@ def test_job_arguments_never_crash_and_every_rejection_is_coded(
                 assert outcome.retry_in is None
         if outcome.error is not None and outcome.error.code == "TK-INTERNAL":
             raise AssertionError(f"unclassified error for {task} {kwargs!r}: {outcome.error}")
+
+    check()
+
+
+COMPACT_EXAMPLES = 1500
+COMPACT_FIELDS = ["tenant_id", "payloads", "canonical_json", "items", "payload"]
+
+
+@st.composite
+def hostile_compact_kwargs(draw: st.DrawFn) -> Any:
+    """Arguments of a compact sign_batch as a msgpack body decodes them: bin, ext types, huge
+    ints and bin keys where the contract wants strings, lists or booleans."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(msgpack_values)
+    kwargs: dict[Any, Any] = {"payloads": draw(st.lists(msgpack_values, max_size=4))}
+    keys = st.sampled_from(COMPACT_FIELDS) | st.binary(max_size=10) | st.integers(-(2**63), 2**63)
+    names = draw(st.lists(keys, max_size=4))
+    for name in names:
+        kwargs[name] = draw(msgpack_values | st.sampled_from(["acme", "nokeys", b"acme"]))
+    if draw(st.booleans()):
+        kwargs["tenant_id"] = "acme"
+    return kwargs
+
+
+def test_compact_batch_arguments_never_crash_and_every_rejection_is_coded(
+    services: Callable[[], KeyService],
+) -> None:
+    """What a hand-written msgpack body decodes to, through the runner's compact path and the
+    JSON twin a retry or dead letter would carry: no crash, every rejection coded, no bad
+    input dead-lettered, and the redacted form shows no payload byte."""
+    import msgpack
+
+    service = services()
+    service.create_keys("acme")
+    deadletters = RecordingDeadLetters()
+    runner = runner_for(service, deadletters)
+
+    @settings(max_examples=COMPACT_EXAMPLES, **FAST)
+    @given(hostile_compact_kwargs())
+    def check(kwargs: Any) -> None:
+        count_case("compact sign_batch arguments (JobRunner, msgpack values)")
+        # As the worker sees it: through msgpack and kombu's decoder (bin keys stay bytes).
+        body = msgpack.packb([[], kwargs, {}], use_bin_type=True)
+        decoded = msgpack.unpackb(body, raw=False, strict_map_key=False)[1]
+        before = len(deadletters.added)
+        outcome = runner.sign_batch(decoded, job_id="j")  # never raises
+        assert outcome.result is not None and outcome.retry_in is None
+        if not outcome.result["ok"]:
+            assert str(outcome.result["error"]["code"]).startswith("TK-"), outcome
+            assert len(deadletters.added) == before  # bad input: no dead letter
+        else:
+            result = outcome.result["result"]
+            assert len(result["jws"]) == len(decoded["payloads"])
+            for failure in result["errors"]:
+                assert str(failure["error"]["code"]).startswith("TK-")
+        if isinstance(decoded, dict):
+            shown = jobs.argsrepr((), decoded)[1]
+            payloads = decoded.get("payloads")
+            for value in payloads if isinstance(payloads, list) else ():
+                if isinstance(value, bytes) and len(value) >= 8:
+                    assert jobs.encode_payload(value) not in shown
+                    assert value.decode("latin-1") not in shown
 
     check()
 

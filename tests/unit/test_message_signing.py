@@ -13,7 +13,13 @@ from kombu.serialization import dumps, loads, registry
 
 from tenantkeys.config import load_settings
 from tenantkeys.errors import ConfigurationError, ErrorCode
-from tenantkeys.queue.message_signing import SIGNED, SIGNED_CONTENT_TYPE, setup_message_signing
+from tenantkeys.queue.message_signing import (
+    SIGNED,
+    SIGNED_BINARY,
+    SIGNED_CONTENT_TYPE,
+    SignedJobs,
+    setup_message_signing,
+)
 from tests.helpers import self_signed_identity
 
 pytestmark = pytest.mark.unit
@@ -144,3 +150,51 @@ def test_a_certificate_added_later_is_trusted_without_restart(
         loads(signed, content_type, encoding, accept=[SIGNED])
     (store / "producer.pem").write_bytes(producer_cert.read_bytes())
     assert loads(signed, content_type, encoding, accept=[SIGNED]) == {"job": 1}
+
+
+@pytest.mark.usefixtures("kombu_registry")
+def test_signed_msgpack_bodies_round_trip_and_signed_pickle_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from celery.security.certificate import Certificate
+    from celery.security.key import PrivateKey
+    from celery.security.serialization import DEFAULT_SEPARATOR, SecureSerializer
+
+    store = tmp_path / "trusted"
+    store.mkdir()
+    key, cert = identity(store, "producer")
+    signing_env(monkeypatch, key, cert, store)
+    setup_message_signing(Celery("producer", set_as_current=False), load_settings())
+    # Raw payloads may hold the envelope's own separator: the body is its last field.
+    payload = b"\x00\x01" * 600 + DEFAULT_SEPARATOR
+    body = [[], {"tenant_id": "acme", "payloads": [payload, b"x"]}, {}]
+    content_type, encoding, signed = dumps(body, serializer=SIGNED_BINARY)
+    assert content_type == SIGNED_CONTENT_TYPE
+    assert loads(signed, content_type, encoding, accept=[SIGNED]) == body
+
+    # A trusted signer naming pickle inside its envelope: refused before anything is loaded.
+    pickled = SecureSerializer(
+        PrivateKey(key.read_text()), Certificate(cert.read_text()), None, "sha256", "pickle"
+    ).serialize(body)
+    with pytest.raises(DecodeError, match="only JSON and msgpack"):
+        loads(pickled, content_type, encoding, accept=[SIGNED])
+
+
+def test_the_celery_members_signed_jobs_builds_on_are_there() -> None:
+    """SignedJobs uses SecureSerializer's _unpack, _cert_store and _digest (CONVENTIONS 12)."""
+    from celery.security.serialization import SecureSerializer
+
+    serializer = SignedJobs(None, None, {}, "sha256", "json")
+    assert callable(SecureSerializer._unpack)
+    assert serializer._cert_store == {}
+    assert serializer._digest is not None
+    fields = serializer._unpack(
+        SecureSerializer._pack(serializer, b"body", "ct", "enc", b"s", b"sig")
+    )
+    assert fields == {
+        "signer": b"s",
+        "signature": b"sig",
+        "content_type": "ct",
+        "content_encoding": "enc",
+        "body": b"body",
+    }

@@ -77,11 +77,14 @@ def describe_payload(value: object) -> dict[str, Any]:
 def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Job arguments with every payload replaced by its hash and size."""
     shown: dict[str, Any] = {}
-    for name, value in kwargs.items():
+    for key, value in kwargs.items():
+        # A msgpack map may have bin keys: shown by type only (a key could be payload bytes).
+        name = key if isinstance(key, str) else f"<{type(key).__name__} key>"
         if name == "payload":
             shown.update(describe_payload(value))
         elif name == "payloads" and isinstance(value, list):  # a compact sign_batch
-            sizes = [len(v) if isinstance(v, bytes) else len(str(v)) for v in value]
+            # Sizes only: str() of a hostile value (nested 1,000 deep) could fail or be huge.
+            sizes = [_payload_size(v) for v in value]
             shown.update(payload_count=len(value), payload_bytes=sum(sizes))
         elif name == "items" and isinstance(value, list):
             shown["items"] = [redact(i) if isinstance(i, Mapping) else "?" for i in value[:20]]
@@ -89,6 +92,16 @@ def redact(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         else:
             shown[name] = value if _is_small_scalar(value) else type(value).__name__
     return shown
+
+
+def _payload_size(value: object) -> int:
+    """Bytes of a payload, raw (msgpack) or base64 (JSON twin: the size it decodes to), so a
+    job and its JSON twin show the same; 0 for anything else."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value) * 3 // 4 - len(value[-2:]) + len(value[-2:].rstrip("="))
+    return 0
 
 
 def json_safe(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -59,8 +59,10 @@ class Outcome:
         if enqueued_at is not None:
             latency = (time.time() if now is None else now) - enqueued_at
         # A batch's items share their latency: one increment per label, not one per item.
-        for label, count in Counter(self.signatures).items():
-            telemetry.record_signature(label, None if label == "retry" else latency, count=count)
+        counts = Counter(self.signatures) if len(self.signatures) > 1 else {}
+        for label in counts or self.signatures:
+            seconds = None if label == "retry" else latency
+            telemetry.record_signature(label, seconds, count=counts.get(label, 1))
         if self.rotation is not None:
             telemetry.record_rotation(*self.rotation)
 
@@ -201,7 +203,7 @@ class JobRunner:
                 results.append(messages.failed(transient))
                 continue
             try:
-                signed = self._sign(contract.parse_arguments(contract.SIGN, item))
+                signed = self._sign(item)  # checked with the batch: a SignArgs each
                 results.append(messages.ok(signed))
             except Exception as exc:  # one bad item must not fail the others
                 error = as_error(exc)

@@ -24,7 +24,7 @@ from celery.security.certificate import Certificate, CertStore
 from celery.security.key import PrivateKey
 from celery.security.serialization import DEFAULT_SEPARATOR, SecureSerializer
 from cryptography import x509
-from kombu.serialization import registry
+from kombu.serialization import loads, registry
 
 from tenantkeys.config import Settings
 from tenantkeys.queue.config import BINARY_SERIALIZER
@@ -100,6 +100,39 @@ class TrustedCertificates(CertStore):  # type: ignore[misc]
             return super().__getitem__(cert_id)
 
 
+#: The bodies a signed envelope may carry: JSON, and msgpack (a compact sign_batch).
+SIGNED_BODY_TYPES = frozenset({"application/json", "application/x-msgpack"})
+
+
+class SignedJobs(SecureSerializer):  # type: ignore[misc]
+    """Celery's ``auth`` serializer, refusing every inner body but JSON and msgpack.
+
+    The envelope names its body's content type, and Celery's ``deserialize`` loads whatever it
+    names with ``force=True``: a holder of a trusted certificate (a producer scoped to one
+    tenant, say) could have a worker unpickle its body. Here the signature is checked as
+    Celery does, then the content type, then the body is loaded. Built on Celery's
+    ``_unpack``, ``_cert_store`` and ``_digest`` (checked against Celery 5.6;
+    tests/unit/test_message_signing.py pins them).
+    """
+
+    def deserialize(self, data: bytes | str) -> object:
+        try:
+            payload = self._unpack(data)
+            body: bytes = payload["body"]
+            self._cert_store[payload["signer"]].verify(body, payload["signature"], self._digest)
+        except SecurityError:
+            raise
+        except Exception as exc:  # as Celery's reraise_errors: any failure is a SecurityError
+            raise SecurityError(f"Unable to deserialize: {exc!r}") from exc
+        content_type = payload["content_type"]
+        if content_type not in SIGNED_BODY_TYPES:
+            raise SecurityError(
+                f"a signed message body of content type {content_type[:64]!r} is refused: "
+                "only JSON and msgpack are loaded"
+            )
+        return loads(body, content_type, payload["content_encoding"], force=True)  # type: ignore[no-untyped-call]
+
+
 _trusted: TrustedCertificates | None = None
 #: Base64 characters (a multiple of 4) decoded to find a signed message's signer id.
 _HEAD = 4096
@@ -164,14 +197,14 @@ def setup_message_signing(app: Celery, settings: Settings) -> None:
     # Authenticity: only a body signed by a key whose certificate is in the store decodes.
     global _trusted  # noqa: PLW0603 - the one store of this process, read by signer_subject
     _trusted = TrustedCertificates(store)
-    signed = SecureSerializer(
+    signed = SignedJobs(
         PrivateKey(key.read_text()),
         Certificate(cert.read_text()),
         _trusted,
         DIGEST,
         serializer="json",
     )
-    binary = SecureSerializer(
+    binary = SignedJobs(
         PrivateKey(key.read_text()),
         Certificate(cert.read_text()),
         _trusted,
