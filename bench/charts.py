@@ -22,7 +22,12 @@ def throughput_vs_batch(results: dict[str, Any], path: Path) -> Path:
     """Signatures per second against batch size: Celery (Redis, RabbitMQ) and Vault Transit."""
     fig, ax = plt.subplots(figsize=(8, 5))
     s3 = _ok(results, "3")
-    for key, label in (("sweep_redis", "Celery + Redis"), ("sweep_rabbitmq", "Celery + RabbitMQ")):
+    for key, label in (
+        ("sweep_redis", "Celery + Redis, JSON items"),
+        ("sweep_rabbitmq", "Celery + RabbitMQ, JSON items"),
+        ("sweep_redis_compact", "Celery + Redis, compact msgpack"),
+        ("sweep_rabbitmq_compact", "Celery + RabbitMQ, compact msgpack"),
+    ):
         rows = (s3 or {}).get("series", {}).get(key, [])
         if rows:
             ax.plot(

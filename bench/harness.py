@@ -36,6 +36,7 @@ class Mode:
     single_jobs: int  # scenario 3 single-payload jobs
     plain_jobs: int  # scenario 4
     latency_seconds: float  # scenario 10, per load level
+    latency_runs: int  # scenario 10: independent runs (a fresh worker each), median reported
     worker_concurrency: int = 2
 
 
@@ -55,6 +56,7 @@ QUICK = Mode(
     single_jobs=600,
     plain_jobs=300,
     latency_seconds=1.5,
+    latency_runs=2,
 )
 FULL = Mode(
     name="full",
@@ -74,6 +76,7 @@ FULL = Mode(
     single_jobs=20_000,
     plain_jobs=5_000,
     latency_seconds=10.0,
+    latency_runs=5,
 )
 MODES = {m.name: m for m in (QUICK, FULL)}
 

@@ -37,6 +37,7 @@ SCENARIOS: dict[str, str] = {
     "10": "bench.celery_scenarios:scenario_10",
     "11": "bench.celery_scenarios:scenario_11",
     "12": "bench.front_door:scenario_12",
+    "13": "bench.scaleout:scenario_13",
 }
 ALL = tuple(SCENARIOS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -17,11 +18,13 @@ def _metric(results: dict[str, Any], scenario: str, *path: str) -> Any:
     return value
 
 
-def _best_sweep(results: dict[str, Any], series: str) -> float | None:
+def _best_sweep(results: dict[str, Any], *series: str) -> float | None:
+    """The best rate of scenario 3's sweeps ``series`` (both sign_batch forms, say)."""
     found = results["scenarios"].get("3")
     if not found or found.get("status") != "ok":
         return None
-    rates = [row["signatures_per_s"] for row in found.get("series", {}).get(series, [])]
+    sweeps = found.get("series", {})
+    rates = [row["signatures_per_s"] for name in series for row in sweeps.get(name, [])]
     return max(rates, default=None)
 
 
@@ -34,14 +37,19 @@ def evaluate(results: dict[str, Any], refs: dict[str, float | None]) -> list[tup
     rows: list[tuple[str, str, str]] = []
     s1, s4, s7, s7b = refs["S1"], refs["S4"], refs["S7"], refs["S7b"]
 
-    on_redis = _metric(results, "3", "batched_best_per_s")
-    on_rabbit = _best_sweep(results, "sweep_rabbitmq")
+    on_redis = _best_sweep(results, "sweep_redis", "sweep_redis_compact")
+    on_rabbit = _best_sweep(results, "sweep_rabbitmq", "sweep_rabbitmq_compact")
     batched = max((v for v in (on_redis, on_rabbit) if v is not None), default=None)
     ok = None if batched is None or not s1 else batched >= 20_000 and batched >= 0.4 * s1
     shown = f"{batched:,.0f}/s = {batched / s1:.2f} x S1" if batched and s1 else "-"
     if on_redis is not None and on_rabbit is not None:
         shown += f" (Redis {on_redis:,.0f}, RabbitMQ {on_rabbit:,.0f})"
-    rows.append(("batched end to end >= 20,000 sig/s and >= 0.4 x S1", shown, _verdict(ok)))
+    rows.append(
+        ("batched end to end >= 20,000 sig/s and >= 0.4 x S1, best broker", shown, _verdict(ok))
+    )
+    ok = None if on_redis is None or not s1 else on_redis >= 0.33 * s1
+    shown = f"{on_redis:,.0f}/s = {on_redis / s1:.2f} x S1" if on_redis and s1 else "-"
+    rows.append(("batched end to end on Redis >= 0.33 x S1", shown, _verdict(ok)))
 
     one = _metric(results, "3", "single_jobs_per_s")
     piped = _metric(results, "3", "single_jobs_pipelined_per_s")
@@ -54,15 +62,22 @@ def evaluate(results: dict[str, Any], refs: dict[str, float | None]) -> list[tup
             shown += f" (one at a time {one:,.0f}, submit_many {piped:,.0f})"
     rows.append(("single-payload jobs >= 2,000 jobs/s and >= 4 x S4", shown, _verdict(ok)))
 
-    p99 = None
-    for level in (results["scenarios"].get("10") or {}).get("series", {}).get("levels", []):
-        if level.get("fraction") == 0.5:
-            p99 = level.get("p99_ms")
+    runs = [
+        run["p99_ms"]
+        for run in (results["scenarios"].get("10") or {}).get("series", {}).get("runs", [])
+        if run.get("p99_ms") is not None
+    ]
+    p99 = statistics.median(runs) if runs else None
+    ok = None if p99 is None else p99 <= 20 and max(runs) <= 50
+    shown = "-"
+    if p99 is not None:
+        shown = f"{p99:.1f} ms, median of {len(runs)} runs ({min(runs):.1f}-{max(runs):.1f})"
     rows.append(
         (
-            "p99 enqueue-to-result <= 20 ms at 50% of max single-job rate",
-            f"{p99:.1f} ms" if p99 is not None else "-",
-            _verdict(None if p99 is None else p99 <= 20),
+            "p99 enqueue-to-result <= 20 ms at 50% of max single-job rate "
+            "(median of the runs, no run > 50 ms)",
+            shown,
+            _verdict(ok),
         )
     )
 
@@ -89,9 +104,9 @@ def evaluate(results: dict[str, Any], refs: dict[str, float | None]) -> list[tup
     ok = None if ours is None or not s7 else ours >= 10 * s7
     shown = f"{label} {ours:,.0f}/s = {ours / s7:.1f} x" if ours and s7 else "-"
     rows.append((">= 10 x Vault Transit per request", shown, _verdict(ok)))
-    ok = None if ours is None or not s7b else ours >= 3 * s7b
-    shown = f"{label} {ours:,.0f}/s = {ours / s7b:.1f} x" if ours and s7b else "-"
-    rows.append((">= 3 x Vault Transit batched", shown, _verdict(ok)))
+    ok = None if ours is None or not s7b else ours >= 1.5 * s7b
+    shown = f"{label} {ours:,.0f}/s = {ours / s7b:.2f} x" if ours and s7b else "-"
+    rows.append((">= 1.5 x Vault Transit batch_input", shown, _verdict(ok)))
 
     rss = _metric(results, "11", "worker", "rss_max_child_mb")
     label = "worker pool process"

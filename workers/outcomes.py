@@ -24,6 +24,7 @@ from celery import Celery, Task, states
 from tenantkeys import jobs
 from tenantkeys.jobs.runner import Outcome
 from tenantkeys.queue.config import broker_countdown
+from tenantkeys.telemetry import fleet
 from workers.fastpath import results
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,34 @@ def observe(outcome: Outcome, headers: dict[str, Any] | None) -> None:
 
 
 def write_results(
-    app: Celery, finished: Sequence[Finished], events: list[tuple[str, dict[str, Any]]]
+    app: Celery,
+    finished: Sequence[Finished],
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    fleet_client: Any = None,
+    fleet_prefix: str = "",
 ) -> None:
     """Store every result (one round trip or two), then count and announce each job.
 
-    Raises when the results could not be stored: the caller must then not ack those jobs.
+    The fleet counters of this process go first (a caller holding a result finds its lookups
+    counted): in the results' first round trip when ``fleet_client`` is the result store's
+    own Redis, else in a round trip of their own. Raises when the results could not be
+    stored: the caller must then not ack those jobs.
     """
     stored = [(f.request, *celery_outcome(f.outcome)) for f in finished]
-    results.store(app.backend, stored)
+    prelude = taken = None
+    if fleet_client is not None:
+        if stored and _same_redis(fleet_client, getattr(app.backend, "client", None)):
+            counts = taken = fleet.take()
+            prelude = results.Prelude(lambda pipe: fleet.queue(pipe, fleet_prefix, counts))
+        else:
+            fleet.flush(fleet_client, fleet_prefix)
+    try:
+        results.store(app.backend, stored, prelude if taken else None)
+    except Exception:
+        if prelude is not None and taken and not prelude.sent:
+            fleet.give_back(taken)  # not counted: the next flush adds them
+        raise
     for f, (_request, state, result) in zip(finished, stored, strict=True):
         observe(f.outcome, f.headers)
         fields: dict[str, Any] = {"uuid": f.request.id, "runtime": f.runtime}
@@ -101,6 +122,18 @@ def write_results(
             events.append(("task-failed", {**fields, "exception": repr(result)}))
         else:
             events.append(("task-succeeded", fields))
+
+
+def _same_redis(one: Any, other: Any) -> bool:
+    """Whether two redis-py clients talk to the same server and database."""
+    try:
+        a, b = one.connection_pool.connection_kwargs, other.connection_pool.connection_kwargs
+    except AttributeError:
+        return False
+    fields = ("host", "port", "path", "db", "username")
+    return all(a.get(f) == b.get(f) for f in fields) and type(one.connection_pool) is type(
+        other.connection_pool
+    )
 
 
 def celery_outcome(outcome: Outcome) -> tuple[str, Any]:

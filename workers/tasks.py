@@ -241,12 +241,18 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
             observe(outcome, headers)
             events.append(("task-retried", {"uuid": request.id, "exception": repr(outcome.error)}))
     finally:
-        # The fleet's counters first, so a caller holding a result finds its lookups counted.
-        fleet.flush(process.runtime.redis, settings.redis_prefix)
         # Even when the loop is cut short (the soft time limit), the jobs already signed keep
-        # their results: one round trip or two for the batch instead of two per job.
+        # their results: one round trip or two for the batch instead of two per job. The
+        # fleet's counters go first (a caller holding a result finds its lookups counted), in
+        # the results' round trip when the result store is that Redis.
         try:
-            write_results(app, finished, events)
+            write_results(
+                app,
+                finished,
+                events,
+                fleet_client=process.runtime.redis,
+                fleet_prefix=settings.redis_prefix,
+            )
         except Exception as exc:  # not stored: those jobs go back to the queue, not acked
             log.error("results of %d signed jobs not stored (%s); requeued", len(finished), exc)
             tally.not_stored += len(finished)

@@ -18,7 +18,7 @@ from tests.redis_databases import lease_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = {str(n) for n in range(1, 13)}
+SCENARIOS = {str(n) for n in range(1, 14)}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,14 +88,40 @@ def test_kms_counts_and_costs(quick_run: tuple[dict, Path, str]) -> None:
 def test_celery_series_are_complete(quick_run: tuple[dict, Path, str]) -> None:
     scenarios = quick_run[0]["scenarios"]
     if scenarios["3"]["status"] == "ok":
-        sweep = scenarios["3"]["series"]["sweep_redis"]
-        assert [row["batch_size"] for row in sweep] == [1, 10, 100]
-        assert all(row["signatures_per_s"] > 0 for row in sweep)
+        series = scenarios["3"]["series"]
+        for form in ("sweep_redis", "sweep_redis_compact"):  # JSON items, compact msgpack
+            sweep = series[form]
+            assert [row["batch_size"] for row in sweep] == [1, 10, 100], form
+            assert all(row["signatures_per_s"] > 0 for row in sweep), form
+            assert all(row["failed"] == 0 for row in sweep), form
         assert scenarios["3"]["metrics"]["redis"]["failed"] == 0
+        assert scenarios["3"]["metrics"]["batched_best_form"] in {"items", "compact"}
     if scenarios["10"]["status"] == "ok":
         levels = scenarios["10"]["series"]["levels"]
         assert [level["fraction"] for level in levels] == [0.25, 0.5, 0.75]
         assert all(level["p99_ms"] >= level["p50_ms"] > 0 for level in levels)
+        runs = scenarios["10"]["series"]["runs"]
+        assert len(runs) == scenarios["10"]["metrics"]["runs"] == 2  # quick mode
+        p99s = sorted(run["p99_ms"] for run in runs)
+        assert p99s[0] <= scenarios["10"]["metrics"]["p99_ms"] <= p99s[-1]
+
+
+def test_scale_out_model_has_every_stage(quick_run: tuple[dict, Path, str]) -> None:
+    found = quick_run[0]["scenarios"]["13"]
+    if found["status"] != "ok":
+        pytest.skip(found["reason"])  # reported by test_every_scenario_ran_or_said_why
+    redis_runs = found["metrics"]["redis"]
+    for run in (redis_runs["one_process"], redis_runs["two_processes"]):
+        for kind in ("compact_1000", "single_jobs"):
+            cpu = run[kind]["cpu_us"]
+            stages = {"producer", "collector", "consumer", "pool", "redis_main_thread"}
+            assert stages <= set(cpu), (kind, cpu)
+            # Every stage did work, and the total is their sum: the clock read each of them.
+            assert all(cpu[stage] > 0 for stage in stages), (kind, cpu)
+            assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"))
+    model = found["metrics"]["redis_model"]
+    assert model["binding"] in model["bounds_for_two_processes"]
+    assert model["predicted_two_processes_per_s"] == min(model["bounds_for_two_processes"].values())
 
 
 def test_charts_and_table(quick_run: tuple[dict, Path, str]) -> None:

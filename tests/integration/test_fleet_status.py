@@ -166,3 +166,103 @@ def test_a_flush_that_fails_keeps_its_counts(redis_url: str, redis_prefix: str) 
     assert totals.cache == {("l1", "hit"): 3}
     assert totals.kms == {"local": {"decrypt": {"ok": 1}}}
     assert totals.hit_rate("l1") == {"hits": 3, "misses": 0, "hit_rate": 1.0}
+
+
+def _results_app(redis_url: str, prefix: str) -> Any:
+    from celery import Celery
+
+    app = Celery("fleet-results", set_as_current=False)
+    app.conf.update(
+        result_backend=redis_url,
+        result_backend_transport_options={"global_keyprefix": f"{prefix}:"},
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_expires=60,
+    )
+    return app
+
+
+def _finished(job_id: str, ignore_result: bool = False) -> Any:
+    from celery_batches import SimpleRequest
+
+    from tenantkeys import jobs
+    from tenantkeys.jobs.runner import Outcome
+    from workers.outcomes import Finished
+
+    request = SimpleRequest(job_id, "tenantkeys.sign", (), {}, {}, "w1", False, None, None, {})
+    request.ignore_result = ignore_result
+    return Finished(request, Outcome(jobs.ok({"n": 1})), {})
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["results stored", "results ignored"])
+def test_a_batch_counts_travel_ahead_of_its_results(
+    redis_url: str, redis_prefix: str, ignored: bool
+) -> None:
+    """Counts and results in one round trip (counts alone when no result is stored): whoever
+    reads a result finds its lookups counted, and counts sent are never sent again."""
+    from workers.fastpath import results
+    from workers.outcomes import write_results
+
+    app = _results_app(redis_url, redis_prefix)
+    client = redis.Redis.from_url(redis_url)
+    sent: list[list[bytes]] = []
+    real_pipeline = app.backend.client.pipeline
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            sent.append([str(c[0][0]).encode() for c in pipe.command_stack])
+            return real_execute(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    app.backend.client.pipeline = watched  # type: ignore[method-assign]
+    try:
+        fleet.discard()
+        fleet.count(fleet.CACHE, "l1:hit")
+        fleet.count(fleet.CACHE, "l1:hit")
+        write_results(
+            app,
+            [_finished("job-a", ignored), _finished("job-b", ignored)],
+            [],
+            fleet_client=client,
+            fleet_prefix=redis_prefix,
+        )
+        assert fleet.pending() == {}
+        assert fleet.read(client, redis_prefix).cache == {("l1", "hit"): 2}
+        first = sent[0]
+        assert first[0] == b"HINCRBY" and b"SETNX" in first  # the counts came first
+        if ignored:
+            assert first[-1] == b"SETNX"  # alone: there is no result round trip
+            assert app.backend.get_task_meta("job-a")["status"] == "PENDING"
+        else:
+            assert first[-1] == b"MGET"  # ... in the results' own first round trip
+            assert app.backend.get_task_meta("job-a")["status"] == "SUCCESS"
+
+        # A store that fails after the counts were sent keeps nothing to send again.
+        prelude = results.Prelude(lambda pipe: fleet.queue(pipe, redis_prefix, {}))
+        prelude.sent = True
+        results.store(app.backend, [], prelude)
+        assert fleet.read(client, redis_prefix).cache == {("l1", "hit"): 2}
+    finally:
+        client.close()
+
+
+def test_counts_of_a_batch_whose_results_failed_are_kept(redis_prefix: str) -> None:
+    from workers.outcomes import write_results
+
+    down = "redis://127.0.0.1:1/0"
+    app = _results_app(down, redis_prefix)
+    app.conf.result_backend_transport_options["retry_policy"] = {"max_retries": 0}
+    fleet.discard()
+    fleet.count(fleet.KMS, "local:decrypt:ok")
+    gone = redis.Redis(host=REDIS_HOST, port=1, socket_connect_timeout=0.2)
+    app.backend.__dict__["client"] = gone
+    with pytest.raises(redis.ConnectionError):
+        write_results(app, [_finished("job-c")], [], fleet_client=gone, fleet_prefix=redis_prefix)
+    assert fleet.pending() == {(fleet.KMS, "local:decrypt:ok"): 1}  # kept for the next flush
+    fleet.discard()

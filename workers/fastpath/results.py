@@ -12,7 +12,8 @@ are) take ``mark_as_done`` / ``mark_as_failure`` job by job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from celery import states
@@ -25,27 +26,51 @@ from celery.exceptions import BackendStoreError
 Done = tuple[Any, str, Any]
 
 
-def store(backend: Backend, done: Sequence[Done]) -> None:
-    """Store each job's outcome under its own job id."""
+@dataclass
+class Prelude:
+    """Commands to send in the results' first round trip, ahead of them (a batch's fleet
+    counters: a caller holding a result finds them counted). ``sent`` once Redis took them:
+    a retry does not send them twice, and a caller whose store failed knows whether to keep
+    them for later."""
+
+    queue: Callable[[Any], None]
+    sent: bool = False
+
+
+def store(backend: Backend, done: Sequence[Done], prelude: Prelude | None = None) -> None:
+    """Store each job's outcome under its own job id; ``prelude`` (a Redis backend's) first."""
+    wanted = [job for job in done if not job[0].ignore_result]
+    fast = isinstance(backend, RedisBackend) and not any(
+        getattr(request, "chord", None) for request, _, _ in done
+    )
+    if prelude is not None and isinstance(backend, RedisBackend) and not (fast and wanted):
+        with backend.client.pipeline(transaction=False) as alone:  # no fast-path round trip
+            prelude.queue(alone)
+            alone.execute()
+        prelude.sent = True
     if not done:
         return
-    if not isinstance(backend, RedisBackend) or any(
-        getattr(request, "chord", None) for request, _, _ in done
-    ):
+    if not fast:
         for request, state, result in done:
             if state == states.FAILURE:
                 backend.mark_as_failure(request.id, result, request=request, call_errbacks=False)
             else:
                 backend.mark_as_done(request.id, result, request=request)
         return
-    wanted = [job for job in done if not job[0].ignore_result]
     if wanted:
-        backend.ensure(_store_redis, (backend, wanted))
+        backend.ensure(_store_redis, (backend, wanted, prelude))
 
 
-def _store_redis(backend: RedisBackend, done: Sequence[Done]) -> None:
+def _store_redis(backend: RedisBackend, done: Sequence[Done], prelude: Prelude | None) -> None:
     keys = [backend.get_key_for_task(request.id) for request, _, _ in done]
-    current = backend.client.mget(keys)
+    if prelude is not None and not prelude.sent:
+        with backend.client.pipeline(transaction=False) as first:
+            prelude.queue(first)
+            first.mget(keys)
+            current = first.execute()[-1]
+        prelude.sent = True
+    else:
+        current = backend.client.mget(keys)
     with backend.client.pipeline(transaction=False) as pipe:
         for key, stored, (request, state, result) in zip(keys, current, done, strict=True):
             if stored is not None and backend.decode_result(stored)["status"] == states.SUCCESS:

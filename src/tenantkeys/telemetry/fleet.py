@@ -75,24 +75,41 @@ def flush(client: Any, prefix: str) -> bool:
 
     On a Redis error the tally is kept and added by the next flush: counts are late, not lost.
     """
-    with _here.lock:
-        taken, _here.counts = _here.counts, {}
+    taken = take()
     if not taken:
         return True
-    names = keys(prefix)
     try:
         pipe = client.pipeline(transaction=False)
-        for (name, key), value in taken.items():
-            pipe.hincrby(names[name], key, value)
-        pipe.setnx(names["since"], f"{time.time():.3f}")
+        queue(pipe, prefix, taken)
         pipe.execute()
     except Exception as exc:  # Redis is down or slow: keep the counts for the next flush
-        with _here.lock:
-            for item, value in taken.items():
-                _here.counts[item] = _here.counts.get(item, 0) + value
+        give_back(taken)
         log.warning("fleet counters not flushed (%s); kept for the next flush", type(exc).__name__)
         return False
     return True
+
+
+def take() -> dict[tuple[str, str], int]:
+    """This process's tally, now the caller's to add (:func:`queue`) or give back."""
+    with _here.lock:
+        taken, _here.counts = _here.counts, {}
+    return taken
+
+
+def give_back(taken: dict[tuple[str, str], int]) -> None:
+    """A tally from :func:`take` that did not reach Redis: added by the next flush."""
+    with _here.lock:
+        for item, value in taken.items():
+            _here.counts[item] = _here.counts.get(item, 0) + value
+
+
+def queue(pipe: Any, prefix: str, taken: dict[tuple[str, str], int]) -> None:
+    """Queue the commands that add ``taken`` to the fleet hashes on a Redis pipeline (so a
+    batch's counts can travel in the round trip of its results, ahead of them)."""
+    names = keys(prefix)
+    for (name, key), value in taken.items():
+        pipe.hincrby(names[name], key, value)
+    pipe.setnx(names["since"], f"{time.time():.3f}")
 
 
 @dataclass(frozen=True)
