@@ -305,4 +305,3 @@ def test_each_strategy_rearms_the_flush_timer() -> None:
     # arms a new one on this consumer's timer.
     assert callable(handler) and armed.cancelled and task._tref is None
     assert task._pool is consumer.pool
-
