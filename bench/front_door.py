@@ -102,8 +102,16 @@ class HttpProducer:
     def post(self, tenant: str, wait: float = 0) -> dict[str, Any]:
         body = json.dumps({"tenant_id": tenant, "payload": ENCODED})
         path = "/v1/jobs/sign" + (f"?wait={wait:g}" if wait else "")
-        self.connection.request("POST", path, body=body, headers=self.headers)
-        reply = self.connection.getresponse()
+        try:
+            self.connection.request("POST", path, body=body, headers=self.headers)
+            reply = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed the connection while it sat idle (uvicorn's keep-alive timeout,
+            # 5 s; a full-mode SigningClient burst between two HTTP bursts lasts longer): the
+            # request never reached it. Reconnect and send it, as an HTTP client library does.
+            self.connection.close()
+            self.connection.request("POST", path, body=body, headers=self.headers)
+            reply = self.connection.getresponse()
         found: dict[str, Any] = json.loads(reply.read())
         if reply.status not in (200, 202):
             raise RuntimeError(f"front door answered {reply.status}: {found}")
