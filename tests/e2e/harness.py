@@ -9,6 +9,7 @@ wait is a bounded poll.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from tenantkeys.jobs.deadletters import DeadLetterStore
 from tenantkeys.keys.runtime import Runtime, build_runtime, redis_client
 from tenantkeys.resilience import Resilience
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
+from tests.helpers import self_signed_identity
 from tests.redis_databases import RedisDatabase, lease_database
 
 AMQP_HOST = os.environ.get("TK_TEST_AMQP_HOST", "127.0.0.1")
@@ -251,6 +253,26 @@ def on_broker(
         made = make(tmp, broker_url=url)
         yield made
         made.stop()
+
+
+def sign_and_scope(deployment: Deployment, tmp: Path, scopes: Any) -> Path:
+    """Turn message signing on for ``deployment`` (a worker identity in a fresh trusted store)
+    with ``scopes`` as its producer scopes file; returns the trusted store, where producers'
+    certificates go."""
+    trusted = tmp / "trusted"
+    trusted.mkdir()
+    key, cert = self_signed_identity(trusted, "worker")
+    scopes_file = tmp / "scopes.json"
+    scopes_file.write_text(json.dumps(scopes))
+    deployment.values.update(
+        message_signing=True,
+        message_signing_key_file=str(key),
+        message_signing_cert_file=str(cert),
+        message_signing_cert_store=str(trusted),
+        producer_scopes_file=str(scopes_file),
+        worker_metrics_port=free_port(),
+    )
+    return trusted
 
 
 @contextmanager

@@ -26,9 +26,8 @@ from tenantkeys.config import load_settings
 from tenantkeys.errors import InvalidRequest, ScopeDenied, TenantKeysError
 from tenantkeys.queue.config import celery_config
 from tenantkeys.signing import Signature, canonicalize
-from tests.conftest import free_port
 from tests.e2e.faults.sending import results
-from tests.e2e.harness import Deployment, on_broker, redis_deployment, wait_for
+from tests.e2e.harness import Deployment, on_broker, redis_deployment, sign_and_scope, wait_for
 from tests.helpers import self_signed_identity
 
 pytestmark = pytest.mark.e2e
@@ -126,20 +125,7 @@ def test_a_binary_batch_is_msgpack_on_the_wire(tmp_path: Path) -> None:
 @pytest.fixture(params=["redis", "rabbitmq"])
 def signing_on(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Deployment, Path]]:
     for deployment in on_broker(request.param, tmp_path):
-        trusted = tmp_path / "trusted"
-        trusted.mkdir()
-        key, cert = self_signed_identity(trusted, "worker")
-        scopes = tmp_path / "scopes.json"
-        scopes.write_text(json.dumps(SCOPES))
-        deployment.values.update(
-            message_signing=True,
-            message_signing_key_file=str(key),
-            message_signing_cert_file=str(cert),
-            message_signing_cert_store=str(trusted),
-            producer_scopes_file=str(scopes),
-            worker_metrics_port=free_port(),
-        )
-        yield deployment, trusted
+        yield deployment, sign_and_scope(deployment, tmp_path, SCOPES)
 
 
 def producer(deployment: Deployment, trusted: Path, name: str) -> SigningClient:

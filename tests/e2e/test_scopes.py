@@ -10,7 +10,6 @@ first producer's result stays as it was.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +20,10 @@ from celery import Celery
 
 from tenantkeys import jobs
 from tenantkeys.queue.config import celery_config
-from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, port_open, service_missing
+from tests.conftest import REDIS_HOST, REDIS_PORT, port_open, service_missing
 from tests.e2e.faults.deployment import on_broker
 from tests.e2e.faults.sending import results
-from tests.e2e.harness import Deployment, wait_for
+from tests.e2e.harness import Deployment, sign_and_scope, wait_for
 from tests.e2e.test_observability import sample, scrape, start_worker
 from tests.helpers import self_signed_identity
 
@@ -75,20 +74,7 @@ def scoped(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Dep
     if not port_open(REDIS_HOST, REDIS_PORT):
         service_missing("Redis")
     for deployment in on_broker(request.param, tmp_path):
-        trusted = tmp_path / "trusted"
-        trusted.mkdir()
-        key, cert = self_signed_identity(trusted, "worker")
-        scopes = tmp_path / "scopes.json"
-        scopes.write_text(json.dumps(SCOPES))
-        deployment.values.update(
-            message_signing=True,
-            message_signing_key_file=str(key),
-            message_signing_cert_file=str(cert),
-            message_signing_cert_store=str(trusted),
-            producer_scopes_file=str(scopes),
-            worker_metrics_port=free_port(),
-        )
-        yield deployment, trusted
+        yield deployment, sign_and_scope(deployment, tmp_path, SCOPES)
 
 
 def _payload(text: str) -> str:
