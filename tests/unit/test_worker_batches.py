@@ -305,3 +305,166 @@ def test_each_strategy_rearms_the_flush_timer() -> None:
     # arms a new one on this consumer's timer.
     assert callable(handler) and armed.cancelled and task._tref is None
     assert task._pool is consumer.pool
+
+
+class _Applied:
+    """What a pool's ``apply_async`` returns: it can tell whether its batch is over."""
+
+    def __init__(self) -> None:
+        self.over = False
+
+    def ready(self) -> bool:
+        return self.over
+
+
+class _Prefork(_Pool):
+    """A pool of ``num_processes`` processes that calls back on the consumer's thread."""
+
+    def __init__(self, processes: int = 2) -> None:
+        super().__init__()
+        self.num_processes = processes
+
+    def apply_async(self, target: Any, args: Any, **options: Any) -> _Applied:  # type: ignore[override]
+        super().apply_async(target, args, **options)
+        return _Applied()
+
+
+def _buffered(task: Any, *job_ids: str) -> list[_Lost]:
+    requests = [_Lost(job_id) for job_id in job_ids]
+    for request in requests:
+        request.eta = None  # type: ignore[attr-defined]
+        task._buffer.put(request)
+    return requests
+
+
+def _flushed(task: Any) -> list[list[str]]:
+    return [[simple.id for simple in args[1][0]] for _, args, _ in task._pool.calls]
+
+
+def test_while_every_process_runs_a_batch_the_buffer_waits_for_the_first_one_back() -> None:
+    """Batches grow with the load: the tick keeps the buffer while both processes are busy,
+    and a batch coming back flushes it at once (not one small batch per tick, queued)."""
+    task, events = _batch_task(flush_every=100)
+    task._pool = _Prefork(2)
+    _buffered(task, "a")
+    task._do_flush()
+    _buffered(task, "b")
+    task._do_flush()
+    assert _flushed(task) == [["a"], ["b"]]  # one batch per process
+    _buffered(task, "c", "d")
+    task._do_flush()
+    task._do_flush()  # ticks while both are busy: held, not queued behind them
+    _buffered(task, "e")
+    task._do_flush()
+    assert _flushed(task) == [["a"], ["b"]]
+    _, _, first = task._pool.calls[0]
+    first["callback"](["a"])
+    # The freed process gets everything that waited, as one batch, before "a" is acked.
+    assert _flushed(task) == [["a"], ["b"], ["c", "d", "e"]]
+    assert events == [("finished", ["a"], ["a"])]
+    _, _, second = task._pool.calls[1]
+    second["error_callback"]("WorkerLostError")  # a lost batch frees its process too
+    _buffered(task, "f")
+    task._do_flush()
+    assert _flushed(task)[-1] == ["f"]
+
+
+def test_a_full_buffer_is_flushed_even_while_every_process_is_busy() -> None:
+    task, _ = _batch_task(flush_every=3)
+    task._pool = _Prefork(1)
+    _buffered(task, "a")
+    task._do_flush()
+    _buffered(task, "b", "c")
+    task._do_flush()
+    assert _flushed(task) == [["a"]]
+    _buffered(task, "d")
+    task._do_flush()
+    assert _flushed(task) == [["a"], ["b", "c", "d"]]
+
+
+def test_a_batch_whose_pool_result_is_over_never_holds_the_buffer() -> None:
+    """Its callback is due; if it never came (a pool bug), the buffer must not wait for ever."""
+    task, _ = _batch_task()
+    task._pool = _Prefork(1)
+    applied: list[_Applied] = []
+    original = task._pool.apply_async
+
+    def recording(*args: Any, **kwargs: Any) -> _Applied:
+        applied.append(original(*args, **kwargs))
+        return applied[-1]
+
+    task._pool.apply_async = recording
+    _buffered(task, "a")
+    task._do_flush()
+    _buffered(task, "b")
+    task._do_flush()
+    assert _flushed(task) == [["a"]]
+    applied[0].over = True
+    task._do_flush()
+    assert _flushed(task) == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize("pool", [_Pool(), type("Threads", (_Pool,), {"num_processes": None})()])
+def test_pools_without_a_process_count_flush_on_every_tick_as_celery_batches_does(
+    pool: _Pool,
+) -> None:
+    """The threads pool calls back from its own threads and the solo pool inline: no hold, and
+    no flush from a callback."""
+    task, _ = _batch_task()
+    task._pool = pool
+    for job_id in "abc":
+        _buffered(task, job_id)
+        task._do_flush()
+    assert _flushed(task) == [["a"], ["b"], ["c"]]
+    _buffered(task, "d")
+    task._pool.calls[0][2]["callback"](["a"])
+    assert _flushed(task) == [["a"], ["b"], ["c"]]  # "d" waits for the tick
+
+
+def test_a_round_of_messages_is_flushed_once_when_the_event_loop_has_delivered_it() -> None:
+    task, _ = _batch_task()
+    task._pool = _Prefork(2)
+
+    class Hub:
+        def __init__(self) -> None:
+            self.soon: list[Any] = []
+
+        def call_soon(self, callback: Any) -> None:
+            self.soon.append(callback)
+
+    hub = Hub()
+    handler = task._flushing_after_round(lambda job_id: _buffered(task, job_id), hub)
+    for job_id in "abc":  # one take's messages, delivered in one event-loop round
+        handler(job_id)
+    assert _flushed(task) == [] and len(hub.soon) == 1  # one flush for the round
+    hub.soon.pop()()
+    assert _flushed(task) == [["a", "b", "c"]]
+    handler("d")
+    assert len(hub.soon) == 1  # the next round schedules its own
+    hub.soon.pop()()
+    assert _flushed(task) == [["a", "b", "c"], ["d"]]
+
+
+def test_the_strategy_flushes_after_each_round_only_on_an_event_loop_with_processes() -> None:
+    task, _ = _batch_task()
+
+    def consumer(pool: Any, hub: Any) -> Any:
+        return type(
+            "Consumer",
+            (),
+            {
+                "pool": pool,
+                "hostname": "w1",
+                "connection_errors": (),
+                "event_dispatcher": None,
+                "timer": None,
+                "hub": hub,
+            },
+        )()
+
+    hub = type("Hub", (), {"call_soon": lambda self, callback: None})()
+    with_round = task.Strategy(task, task.app, consumer(_Prefork(2), hub))
+    assert with_round.__qualname__.endswith("_flushing_after_round.<locals>.on_message")
+    for pool, loop in ((_Prefork(2), None), (_Pool(), hub)):
+        plain = task.Strategy(task, task.app, consumer(pool, loop))
+        assert plain.__qualname__.endswith("Strategy.<locals>.task_message_handler")

@@ -42,10 +42,14 @@ pipeline, ``kombu.transport.virtual:QoS.ack`` called unbound (the in-memory half
 
 :mod:`workers.fastpath.batches` (:class:`~workers.fastpath.batches.FencedBatches`):
 ``celery_batches:Batches._tref`` (the flush timer, re-armed per strategy),
-``Batches._pool`` (the pool a batch goes to), ``Batches.Strategy`` and ``Batches.flush``
-(overridden), ``celery_batches.trace:apply_batches_task`` (called with celery-batches'
+``Batches._pool`` (the pool a batch goes to), ``Batches._buffer`` (the jobs waiting for a
+batch: its size decides a held flush), ``Batches.Strategy``, ``Batches._do_flush`` (the tick's
+flush, held while every pool process runs a batch) and ``Batches.flush`` (overridden),
+``celery_batches.trace:apply_batches_task`` (called with celery-batches'
 ``(task, args, loglevel, logfile)``), and ``celery.worker.request:Request._payload``, which
-``SimpleRequest.from_request`` reads.
+``SimpleRequest.from_request`` reads. It schedules the end-of-round flush with
+``kombu.asynchronous.hub:Hub.call_soon`` on ``celery.worker.consumer.consumer:Consumer.hub`` and
+counts processes with ``celery.concurrency.prefork:TaskPool.num_processes``.
 
 ``tenantkeys.queue.producer:PollingRedisBackend`` (the producer's result backend, outside this
 package): overrides ``celery.backends.redis:RedisBackend.on_task_call`` (the per-job SUBSCRIBE
@@ -104,8 +108,13 @@ PRIVATE_MEMBERS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "workers.fastpath.batches": (
             "celery_batches:Batches._tref",
             "celery_batches:Batches._pool",
+            "celery_batches:Batches._buffer",
             "celery_batches:Batches.Strategy",
+            "celery_batches:Batches._do_flush",
             "celery_batches:Batches.flush",
+            "kombu.asynchronous.hub:Hub.call_soon",
+            "celery.worker.consumer.consumer:Consumer.hub",
+            "celery.concurrency.prefork:TaskPool.num_processes",
             "celery_batches.trace:apply_batches_task",
             "celery.worker.request:Request._payload",
         ),

@@ -16,6 +16,17 @@ the celery-batches internals it needs stay here:
 
 Every job of a batch has ``acks_late`` semantics here: acked after the batch ran (or was lost
 and dealt with), never before.
+
+**Batches grow with the load** (prefork pool). celery-batches flushes its buffer every
+``flush_interval`` whatever the pool is doing, so under load every tick makes a small batch
+that waits in the pool's queue behind the others, each paying the batch's fixed cost (its
+result, event and counter round trips). Once that cost outgrows the tick the pool falls behind
+for good: the queue fills to the prefetch limit and stays there, every job waiting
+``prefetch / rate`` (160-200 ms at 780 jobs/s; the "bimodal" runs of bench scenario 10). Here,
+while every pool process runs one of this task's batches, the tick keeps the buffer, and the
+first batch to come back flushes it at once: batches grow with the load, the pool's queue stays
+empty, and a job waits at most about one batch. A buffer of ``flush_every`` jobs is flushed
+anyway. The threads and solo pools (no process count) flush on the tick, as celery-batches does.
 """
 
 from __future__ import annotations
@@ -62,25 +73,92 @@ class FencedBatches(Batches):  # type: ignore[misc]
         for request in requests:
             request.reject(requeue=True)
 
+    #: Batches handed to the pool and not back yet (a token each; the pool's result once
+    #: ``apply_async`` returned it). One dict per task class instance, made on first flush.
+    _running: dict[object, Any] | None = None
+
+    def _do_flush(self) -> None:
+        if self._held():
+            return
+        super()._do_flush()
+
+    def _held(self) -> bool:
+        """Whether the buffer waits for a pool process: every one runs one of our batches and
+        the buffer is not a full batch yet."""
+        slots = self._slots()
+        if slots is None or not self._running:
+            return False
+        for token, result in list(self._running.items()):
+            if result is not None and _ready(result):  # its callback is due; never wait on it
+                self._running.pop(token, None)
+        return len(self._running) >= slots and self._buffer.qsize() < self.flush_every
+
+    def _batch_back(self, token: object) -> None:
+        """A batch came back (or was lost): its process is free for what the buffer holds."""
+        if self._running is not None:
+            self._running.pop(token, None)
+        if self._slots() is not None and not self._buffer.empty():
+            self._do_flush()
+
+    def _slots(self) -> int | None:
+        """The prefork pool's process count; ``None`` for pools that call back from their own
+        threads (threads) or inline (solo), which flush on the tick only."""
+        slots = getattr(self._pool, "num_processes", None)
+        return slots if isinstance(slots, int) and slots > 0 else None
+
+    #: A flush is due when the consumer's event loop finishes its current round.
+    _flush_due = False
+
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
         armed: Any = getattr(self, "_tref", None)
         if armed is not None:
             with contextlib.suppress(Exception):
                 armed.cancel()
         self._tref = None
-        return super().Strategy(task, app, consumer)
+        self._flush_due = False
+        handler = super().Strategy(task, app, consumer)
+        hub = getattr(consumer, "hub", None)
+        if hub is None or self._slots() is None:
+            return handler  # flushed by the tick alone
+        return self._flushing_after_round(handler, hub)
+
+    def _flushing_after_round(self, handler: Any, hub: Any) -> Any:
+        """``handler``, and a flush once the event loop has delivered this round of messages
+        (one take, many messages): a free pool process need not wait for the tick."""
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            handler(*args, **kwargs)
+            if not self._flush_due:
+                self._flush_due = True
+                hub.call_soon(self._flush_now)
+
+        return on_message
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        if not self._buffer.empty():
+            self._do_flush()
 
     def flush(self, requests: Sequence[Any]) -> Any:
         simple = ([SimpleRequest.from_request(request) for request in requests],)
+        token = object()
+        tracked = self._slots() is not None  # callbacks on this (the consumer's) thread
+        if tracked:
+            if self._running is None:
+                self._running = {}
+            self._running[token] = None
 
         def on_return(result: Any) -> None:
+            # The next batch first (the freed process starts on it), then this one's acks.
+            self._batch_back(token)
             self.on_batch_finished(requests, result)
 
         def on_error(reason: Any) -> None:
             log.error("a batch of %d jobs of %s was lost (%r)", len(requests), self.name, reason)
+            self._batch_back(token)
             self.on_batch_lost(requests, reason)
 
-        return self._pool.apply_async(
+        applied = self._pool.apply_async(
             apply_batches_task,
             (self, simple, 0, None),
             callback=on_return,
@@ -88,3 +166,15 @@ class FencedBatches(Batches):  # type: ignore[misc]
             soft_timeout=self.batch_soft_time_limit,
             timeout=self.batch_time_limit,
         )
+        if tracked and self._running is not None and token in self._running:
+            self._running[token] = applied  # still running: ``_held`` may ask it
+        return applied
+
+
+def _ready(result: Any) -> bool:
+    """Whether a pool result says its batch is over (a pool without ``ready()``: it is)."""
+    ready = getattr(result, "ready", None)
+    try:
+        return True if ready is None else bool(ready())
+    except Exception:  # a result that cannot tell must not hold the buffer
+        return True
