@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,6 +141,39 @@ def test_submit_many_publishes_single_jobs_together(deployment: Deployment) -> N
         assert client.app.AsyncResult(ids[0]).get(timeout=30)["ok"] is True
     runtime = deployment.runtime()
     for (tenant, payload), signature in zip(requests, signatures, strict=True):
+        runtime.service.verify(tenant, payload, signature.jws)
+    runtime.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def no_tick(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """A deployment whose batch tick (60 s, the largest allowed) never comes within a test."""
+    yield from on_broker(
+        request.param, tmp_path, functools.partial(Deployment, sign_batch_interval_seconds=60)
+    )
+
+
+def test_signing_batches_need_no_tick_and_grow_while_the_process_is_busy(
+    no_tick: Deployment,
+) -> None:
+    """A free pool process takes each round of messages at once, and a batch coming back takes
+    what waited meanwhile, as one batch: no job waits for the tick (here 60 s, past every wait
+    below), and no tick makes one small batch after another behind a busy process."""
+    no_tick.worker("w1", concurrency=1)
+    count = 250  # not a multiple of the batch size (100): no job may wait for a full batch
+    with no_tick.client() as client:
+        client.create_keys("acme", ["signing"], timeout=30)
+        requests = [("acme", b"evidence-%d" % i) for i in range(count)]
+        pending = client.submit_many(requests)
+        signatures = [p.result(timeout=30) for p in pending]
+    sizes = [
+        int(size)
+        for size in re.findall(r"INFO.*signing batch of (\d+) jobs: ok=", no_tick.log("w1"))
+    ]
+    assert sum(sizes) == count, sizes
+    assert max(sizes) > 1, f"every job ran in a batch of its own: {sizes}"
+    runtime = no_tick.runtime()
+    for (tenant, payload), signature in zip(requests[::50], signatures[::50], strict=True):
         runtime.service.verify(tenant, payload, signature.jws)
     runtime.close()
 
