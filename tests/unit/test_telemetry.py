@@ -372,17 +372,37 @@ def test_exporter_follows_otel_traces_exporter(
     assert [type(exporter) for exporter in tracing._env_exporters()] == expected
 
 
-def test_instrument_celery_is_idempotent() -> None:
+_INSTRUMENT_PROBE = textwrap.dedent(
+    """
+    from opentelemetry import trace
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
+    from opentelemetry.sdk.trace import TracerProvider
     from tenantkeys.queue.tracing import instrument_celery
 
-    try:
-        instrument_celery()
-        instrument_celery()
-        assert CeleryInstrumentor().is_instrumented_by_opentelemetry  # type: ignore[no-untyped-call]
-    finally:
-        CeleryInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    def instrumented():
+        return CeleryInstrumentor().is_instrumented_by_opentelemetry
+
+    # No provider: every span would be dropped, so the publish hooks are not installed.
+    print(instrument_celery(), instrumented())
+    trace.set_tracer_provider(TracerProvider())  # the application's, installed later
+    print(instrument_celery(), instrumented(), instrument_celery())
+    """
+)
+
+
+def test_celery_is_instrumented_once_a_tracer_provider_is_installed() -> None:
+    """Without a provider the hooks would cost every publish ~70 us for nothing; a provider
+    installed later (an application's own) is picked up at the next call, once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    probe = subprocess.run(
+        [sys.executable, "-c", _INSTRUMENT_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert probe.stdout.splitlines() == ["False False", "True True True"], probe.stderr
 
 
 _PROVIDER_PROBE = textwrap.dedent(

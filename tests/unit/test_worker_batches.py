@@ -468,3 +468,20 @@ def test_the_strategy_flushes_after_each_round_only_on_an_event_loop_with_proces
     for pool, loop in ((_Prefork(2), None), (_Pool(), hub)):
         plain = task.Strategy(task, task.app, consumer(pool, loop))
         assert plain.__qualname__.endswith("Strategy.<locals>.task_message_handler")
+
+
+def test_a_batch_the_pool_refused_holds_no_process() -> None:
+    task, _ = _batch_task()
+    task._pool = _Prefork(1)
+
+    def closed(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("pool closed")
+
+    task._pool.apply_async = closed
+    _buffered(task, "a")
+    with pytest.raises(RuntimeError):
+        task._do_flush()
+    task._pool = _Prefork(1)
+    _buffered(task, "b")
+    task._do_flush()  # not held by the batch that never reached a process
+    assert _flushed(task) == [["b"]]

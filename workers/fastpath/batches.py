@@ -158,14 +158,19 @@ class FencedBatches(Batches):  # type: ignore[misc]
             self._batch_back(token)
             self.on_batch_lost(requests, reason)
 
-        applied = self._pool.apply_async(
-            apply_batches_task,
-            (self, simple, 0, None),
-            callback=on_return,
-            error_callback=on_error,
-            soft_timeout=self.batch_soft_time_limit,
-            timeout=self.batch_time_limit,
-        )
+        try:
+            applied = self._pool.apply_async(
+                apply_batches_task,
+                (self, simple, 0, None),
+                callback=on_return,
+                error_callback=on_error,
+                soft_timeout=self.batch_soft_time_limit,
+                timeout=self.batch_time_limit,
+            )
+        except BaseException:
+            if self._running is not None:
+                self._running.pop(token, None)  # never handed over: it holds no process
+            raise
         if tracked and self._running is not None and token in self._running:
             self._running[token] = applied  # still running: ``_held`` may ask it
         return applied

@@ -25,6 +25,7 @@ from tenantkeys.errors import ErrorCode, TransientError
 from tenantkeys.jobs import contract, messages
 from tenantkeys.queue.config import celery_config, queue_type_refused
 from tenantkeys.queue.message_signing import binary_serializer, setup_message_signing
+from tenantkeys.queue.tracing import instrument_celery
 
 #: Messages :meth:`Producer.publish_many` buffers before one pipelined write to Redis: large
 #: enough to amortise the round trip, small enough (~2 MB of 1 KB payloads) to bound memory.
@@ -112,6 +113,7 @@ class Producer:
 
     def publish(self, job: Job) -> None:
         """Send one job; ``TK-BROKER-UNAVAILABLE`` when the broker does not take it."""
+        instrument_celery()  # a tracer provider installed since: carry its context from now on
         with self._unreachable(f"the broker did not accept job {job.job_id}; retry later"):
             self._send(job, None)
 
@@ -122,6 +124,7 @@ class Producer:
         send them again under the same ids (ids make the duplicates harmless).
         """
         batch = list(jobs)
+        instrument_celery()
         with (
             self._unreachable(
                 f"the broker did not accept all of {len(batch)} jobs; "
