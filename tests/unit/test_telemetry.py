@@ -393,16 +393,22 @@ _INSTRUMENT_PROBE = textwrap.dedent(
 def test_celery_is_instrumented_once_a_tracer_provider_is_installed() -> None:
     """Without a provider the hooks would cost every publish ~70 us for nothing; a provider
     installed later (an application's own) is picked up at the next call, once."""
+    assert _probe(_INSTRUMENT_PROBE) == ["False False", "True True True"]
+
+
+def _probe(code: str, **otel: str) -> list[str]:
+    """The lines ``code`` prints in a fresh interpreter (one tracer provider per process),
+    with no ``OTEL_*`` variable but ``otel``'s."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     probe = subprocess.run(
-        [sys.executable, "-c", _INSTRUMENT_PROBE],
-        env=env,
+        [sys.executable, "-c", code],
+        env={**env, **otel},
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    assert probe.stdout.splitlines() == ["False False", "True True True"], probe.stderr
+    return probe.stdout.splitlines()
 
 
 _PROVIDER_PROBE = textwrap.dedent(
@@ -423,15 +429,5 @@ _PROVIDER_PROBE = textwrap.dedent(
 def test_spans_are_recorded_only_when_an_exporter_is_configured(
     exporter: str | None, expected: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    if exporter is not None:
-        env["OTEL_TRACES_EXPORTER"] = exporter
-    probe = subprocess.run(
-        [sys.executable, "-c", _PROVIDER_PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert probe.stdout.splitlines()[0] == expected
+    otel = {} if exporter is None else {"OTEL_TRACES_EXPORTER": exporter}
+    assert _probe(_PROVIDER_PROBE, **otel)[0] == expected
