@@ -62,8 +62,11 @@ class PendingSignature:
 
     def result(self, timeout: float = 30.0) -> Signature:
         """Wait for the signature; re-sends the job (same id) if it seems lost, see ``wait``."""
-        found = self.client.wait(self.job_id, timeout, resend=(jobs.SIGN, self._kwargs))
+        found = self.client.wait(self.job_id, timeout, resend=self._resend)
         return Signature.from_dict(found)
+
+    def _resend(self) -> None:
+        self.client.send(jobs.SIGN, self._kwargs, job_id=self.job_id)
 
 
 class PendingBatch:
@@ -91,8 +94,9 @@ class PendingBatch:
         return compact_items(found, self._payloads, canonical_json=self._canonical_json)
 
     def _resend(self) -> None:
-        # JSON, whatever form it first went in: the compact form's JSON twin, same result.
-        self.client.send(jobs.SIGN_BATCH, jobs.json_safe(self._kwargs), job_id=self.job_id)
+        # In the form it first went in: the compact form as msgpack, raw payload bytes.
+        binary = jobs.is_compact_batch(self._kwargs)
+        self.client.send(jobs.SIGN_BATCH, self._kwargs, job_id=self.job_id, binary=binary)
 
 
 def compact_items(
@@ -187,7 +191,7 @@ class SigningClient:
         job_id: str,
         timeout: float = 30.0,
         *,
-        resend: tuple[str, Mapping[str, Any]] | Callable[[], object] | None = None,
+        resend: Callable[[], object] | None = None,
     ) -> Any:
         """The result of ``job_id``; raises the job's error, or :class:`JobTimeout`.
 
@@ -195,8 +199,8 @@ class SigningClient:
         Celery's pub/sub result consumer: no subscription outlives the client, and waits from
         several threads (the asyncio client) share nothing but a connection pool.
 
-        With ``resend=(task, kwargs)`` (or a function that publishes the job again), a job
-        without a result after ``resend_after`` seconds is published again under the same id.
+        With ``resend`` (a function that publishes the job again under the same id), a job
+        without a result after ``resend_after`` seconds is published again.
         Redis (kombu) pops a message and records it as unacked in two steps; a worker killed
         between them loses that message, and only the producer still has it. Job ids make the
         duplicate harmless.
@@ -210,10 +214,7 @@ class SigningClient:
                 and self.resend_after is not None
                 and time.monotonic() - last_sent >= self.resend_after
             ):
-                if callable(resend):
-                    resend()
-                else:
-                    self.send(resend[0], resend[1], job_id=job_id)
+                resend()
                 last_sent = time.monotonic()
             state = self.producer.state(job_id)
             if state.status == "SUCCESS":

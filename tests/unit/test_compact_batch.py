@@ -336,3 +336,45 @@ def test_redacted_reprs_of_hostile_msgpack_arguments_never_raise() -> None:
         shown = message.headers["kwargsrepr"]
         json.loads(shown)
         assert "secret" not in shown and jobs.encode_payload(SECRET) not in shown
+
+
+class _LosingProducer:
+    """A producer whose first message of each job is lost: the client must send it again."""
+
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    def publish(self, job: Any) -> None:
+        self.published.append(job)
+
+    def state(self, job_id: str) -> Any:
+        from tenantkeys.queue.producer import JobState
+
+        sent = [job for job in self.published if job.job_id == job_id]
+        if len(sent) < 2:
+            return JobState("PENDING")
+        return JobState("SUCCESS", {"ok": True, "result": {"resent": True}})
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_job_without_a_result_is_sent_again_in_the_form_it_first_went_in() -> None:
+    """The compact batch again as msgpack with its raw payloads (not its larger JSON twin),
+    a single job as it was; both under their first job id."""
+    from tenantkeys.client import PendingBatch, PendingSignature, SigningClient
+
+    producer = _LosingProducer()
+    client = SigningClient(producer, resend_after=0.0)  # type: ignore[arg-type]
+    batch = client.submit_batch("acme", [b"\x00raw", b"two"])
+    assert isinstance(batch, PendingBatch)
+    assert client.wait(batch.job_id, 5, resend=batch._resend) == {"resent": True}
+    first, again = producer.published
+    assert again == first and again.binary is True
+    assert again.kwargs[jobs.COMPACT_BATCH_FIELD] == [b"\x00raw", b"two"]
+
+    single = client.submit("acme", b"one")
+    assert isinstance(single, PendingSignature)
+    assert client.wait(single.job_id, 5, resend=single._resend) == {"resent": True}
+    assert producer.published[2] == producer.published[3]
+    assert producer.published[3].binary is False
