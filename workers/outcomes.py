@@ -14,6 +14,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -247,3 +250,52 @@ def send_events(
             dispatcher.flush(errors=False)
     except Exception as exc:  # events are best effort; results are already stored
         log.warning("task events not sent (%s)", type(exc).__name__)
+
+
+class EventSender:
+    """Sends a pool process's batch events from a thread of its own, in order: a batch's
+    process is free for the next batch once its results are stored, not after one more round
+    trip to the broker for Flower (p99 at 522 jobs/s: 24-30 ms against 28-107 ms sent in
+    line, docs/performance.md). :meth:`close` (at the process's shutdown) sends what is
+    queued. The thread starts with the first batch, after the fork. While the broker does not
+    take events, at most ``limit`` batches' events wait; later ones are dropped, counted in
+    one warning (events are best effort: the results are stored already)."""
+
+    def __init__(self, app: Celery, limit: int = 1_000) -> None:
+        self.app = app
+        self.limit = limit
+        self.dropped = 0
+        self._queue: queue.SimpleQueue[tuple[str | None, list[tuple[str, dict[str, Any]]]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def send(self, hostname: str | None, events: list[tuple[str, dict[str, Any]]]) -> None:
+        if not events or not self.app.conf.worker_send_task_events:
+            return
+        if self._thread is None or self._pid != os.getpid():
+            self._queue = queue.SimpleQueue()  # never a queue a parent's thread was serving
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="tk-events", daemon=True)
+            self._thread.start()
+        if self._queue.qsize() >= self.limit:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % self.limit == 0:
+                log.warning(
+                    "task events of %d batches dropped: the broker has not taken the last %d",
+                    self.dropped,
+                    self.limit,
+                )
+            return
+        self._queue.put((hostname, events))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            send_events(self.app, *item)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (at most ``timeout`` seconds), then stop the thread."""
+        if self._thread is not None and self._pid == os.getpid():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._thread = None

@@ -7,7 +7,8 @@ own id, and its message is acked only once its outcome is settled: its result st
 job published again. Whatever is not settled when the batch ends (a result store that stays
 down, an error outside the runner) goes back to the queue instead of being acked. A batch
 logs one INFO line (its job ids and outcome counts, never a payload), sends its jobs' task
-events (received, started, succeeded / failed / retried) as one message, and adds its cache
+events (received, started, succeeded / failed / retried) as one message from a thread of the
+pool process (``outcomes.EventSender``: the process moves on to the next batch), and adds its cache
 and KMS counts to the fleet's counters in Redis (``tenantkeys.telemetry.fleet``).
 """
 
@@ -36,6 +37,7 @@ from workers.fastpath import acks
 from workers.fastpath.batches import FencedBatches
 from workers.outcomes import (
     BatchTally,
+    EventSender,
     Finished,
     arrival_events,
     celery_outcome,
@@ -188,6 +190,16 @@ def _received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 signals.task_received.connect(_received, weak=False)
 
+#: The pool process's batch events, sent from a thread of its own (``outcomes.EventSender``).
+_events = EventSender(app)
+
+
+def _send_queued_events(**_: Any) -> None:
+    _events.close()
+
+
+signals.worker_process_shutdown.connect(_send_queued_events, weak=False)
+
 
 @app.task(name=jobs.SIGN, base=SignBatches, acks_late=True, bind=True)  # type: ignore[untyped-decorator]
 def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
@@ -261,7 +273,7 @@ def sign(self: SignBatches, requests: list[SimpleRequest]) -> list[str]:
             tally.count(finished)
         process.observe_cache()
         log.info("%s", tally)
-    send_events(app, requests[0].hostname if requests else None, events)
+    _events.send(requests[0].hostname if requests else None, events)
     return settled
 
 

@@ -485,3 +485,36 @@ def test_a_batch_the_pool_refused_holds_no_process() -> None:
     _buffered(task, "b")
     task._do_flush()  # not held by the batch that never reached a process
     assert _flushed(task) == [["b"]]
+
+
+def test_batch_events_go_from_a_thread_in_order_and_shutdown_sends_what_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from workers import outcomes
+
+    sent: list[tuple[str | None, str]] = []
+    release = threading.Event()
+    threads: set[str] = set()
+
+    def slow_broker(app: Any, hostname: str | None, events: Any) -> None:
+        release.wait(10)
+        threads.add(threading.current_thread().name)
+        sent.append((hostname, events[0][1]["uuid"]))
+
+    monkeypatch.setattr(outcomes, "send_events", slow_broker)
+    app = Celery("t", set_as_current=False)
+    app.conf.worker_send_task_events = True
+    sender = outcomes.EventSender(app, limit=3)
+    for job in ("a", "b", "c", "d", "e"):  # the batch returns at once, the broker is slow
+        sender.send("w1", [("task-succeeded", {"uuid": job})])
+    assert sent == [] and sender.dropped >= 1  # past the limit: dropped, counted
+    release.set()
+    sender.close()  # the process's shutdown: everything queued is sent first
+    assert [job for _, job in sent][:3] == ["a", "b", "c"] and threads == {"tk-events"}
+    assert len(sent) + sender.dropped == 5
+
+    app.conf.worker_send_task_events = False
+    sender.send("w1", [("task-succeeded", {"uuid": "f"})])
+    assert sender._thread is None  # events off: no thread, nothing queued
