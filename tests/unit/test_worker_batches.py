@@ -518,3 +518,19 @@ def test_batch_events_go_from_a_thread_in_order_and_shutdown_sends_what_waits(
     app.conf.worker_send_task_events = False
     sender.send("w1", [("task-succeeded", {"uuid": "f"})])
     assert sender._thread is None  # events off: no thread, nothing queued
+
+
+def test_a_returning_batch_is_acked_even_when_the_next_one_cannot_be_handed_over() -> None:
+    task, events = _batch_task()
+    task._pool = _Prefork(1)
+    _buffered(task, "a")
+    task._do_flush()
+    _buffered(task, "b")
+    _, _, first = task._pool.calls[0]
+
+    def closing(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("pool closing")
+
+    task._pool.apply_async = closing
+    first["callback"](["a"])  # the flush of "b" fails inside the callback
+    assert events == [("finished", ["a"], ["a"])]

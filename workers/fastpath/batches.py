@@ -98,7 +98,14 @@ class FencedBatches(Batches):  # type: ignore[misc]
         if self._running is not None:
             self._running.pop(token, None)
         if self._slots() is not None and not self._buffer.empty():
-            self._do_flush()
+            try:
+                self._do_flush()
+            except Exception as exc:  # the returning batch's own hook must still run
+                log.error(
+                    "jobs waiting for a pool process were not handed over (%r); they stay "
+                    "unacked and come back to the queue",
+                    exc,
+                )
 
     def _slots(self) -> int | None:
         """The prefork pool's process count; ``None`` for pools that call back from their own
