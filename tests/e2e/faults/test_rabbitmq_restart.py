@@ -19,7 +19,7 @@ from tests.e2e.faults.deployment import fault_deployment
 from tests.e2e.faults.hygiene import SecretScan, scan_run
 from tests.e2e.faults.outages import PrivateRabbitMQ
 from tests.e2e.faults.report import FaultRecord
-from tests.e2e.faults.sending import results, send_sign_jobs, wait_all
+from tests.e2e.faults.sending import burst, results, send_sign_jobs, wait_all
 from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -44,14 +44,18 @@ def test_rabbitmq_restarted_with_durable_queues(
     deployment = fault_deployment(tmp_path, broker_url=rabbitmq.url)
     try:
         with ResultTap(deployment.redis_db.url) as tap:
-            worker = deployment.worker("w1", concurrency=2)
             tenants = ["q1", "q2", "q3"]
+            runtime = deployment.runtime()
+            for tenant in tenants:
+                runtime.service.create_keys(tenant, ["signing"])
+            runtime.close()
+            # Queued before the worker starts: a worker that keeps up with a producer sending
+            # one job at a time would have finished them all before the node stopped.
             with deployment.client() as client:
-                for tenant in tenants:
-                    client.create_keys(tenant, ["signing"], timeout=60)
-                sent = send_sign_jobs(client, tenants, 300, "amqp")
-                ids = [job.job_id for job in sent]
-                wait_for(lambda: len(results(deployment, ids)) >= 20, 60, "the first results")
+                sent = burst(client, tenants, 2_000, "amqp")
+            ids = [job.job_id for job in sent]
+            worker = deployment.worker("w1", concurrency=2)
+            wait_for(lambda: len(results(deployment, ids)) >= 20, 60, "the first results")
             rabbitmq.stop()
             # Read after the stop: a job without a result now had none when the node went away.
             done_before = len(results(deployment, ids))
