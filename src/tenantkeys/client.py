@@ -34,7 +34,6 @@ from tenantkeys.jobs.contract import (
     SignBatchArgs,
 )
 from tenantkeys.queue.producer import Job, Producer
-from tenantkeys.queue.tracing import instrument_celery
 from tenantkeys.signing import Signature, canonicalize
 from tenantkeys.telemetry import tracing
 
@@ -134,10 +133,10 @@ class SigningClient:
 
     def __init__(self, producer: Producer, *, resend_after: float | None = None) -> None:
         self.producer = producer
-        # Trace context travels in each message, so the worker's span continues the caller's
-        # trace; an application that set up OpenTelemetry keeps its own provider.
+        # Trace context travels in each message (the producer instruments Celery before it
+        # publishes), so the worker's span continues the caller's trace; an application that
+        # set up OpenTelemetry keeps its own provider.
         tracing.ensure_tracing("tenantkeys-client")
-        instrument_celery()
         #: Seconds without a result after which a job is published again under the same id.
         self.resend_after = resend_after
 

@@ -17,9 +17,8 @@ import pytest
 
 from tenantkeys import jobs
 from tenantkeys.queue.broker import BrokerProbe
-from tests.conftest import free_port
 from tests.e2e.faults.sending import results
-from tests.e2e.harness import Deployment, wait_for
+from tests.e2e.harness import Deployment, sign_and_scope, wait_for
 from tests.e2e.test_observability import sample, scrape, start_worker
 from tests.e2e.test_scopes import Signed
 from tests.helpers import self_signed_identity
@@ -58,25 +57,13 @@ def deploy(tmp_path: Path, *, api_signs_as: str) -> Iterator[tuple[Deployment, A
     HTTP producer's scope before publishing). ``"worker"``: the API shares the workers'
     settings and signs with their own certificate. ``billing-java`` is a queue producer.
     """
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
-    worker_key, worker_cert = self_signed_identity(trusted, "worker")
-    scopes = tmp_path / "scopes.json"
     producers = [
         {"name": "billing", "token_sha256": sha256_hex(TOKEN), "tenants": ["acme"]},
         {"name": "front-door", "certificate_subject": "CN=front-door", "tenants": ["*"]},
         {"name": "billing-java", "certificate_subject": "CN=billing-java", "tenants": ["acme"]},
     ]
-    scopes.write_text(json.dumps({"producers": producers}))
-    deployment = Deployment(
-        tmp_path,
-        message_signing=True,
-        message_signing_key_file=str(worker_key),
-        message_signing_cert_file=str(worker_cert),
-        message_signing_cert_store=str(trusted),
-        producer_scopes_file=str(scopes),
-        worker_metrics_port=free_port(),
-    )
+    deployment = Deployment(tmp_path)
+    trusted = sign_and_scope(deployment, tmp_path, {"producers": producers})
     try:
         runtime = deployment.runtime()
         runtime.service.create_keys("acme")
